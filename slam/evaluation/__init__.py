@@ -1,0 +1,1 @@
+"""Trajectory evaluation: readers, association, Umeyama alignment, ATE/RPE, plots and reports."""
