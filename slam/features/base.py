@@ -64,9 +64,11 @@ class FeatureExtractor(ABC):
         """Detect up to the configured number of keypoints, spread evenly, only where ``mask`` is non-zero."""
 
     @abstractmethod
-    def describe(self, gray: np.ndarray, keypoints: np.ndarray, octaves: np.ndarray | None = None) -> Features:
+    def describe(
+        self, gray: np.ndarray, keypoints: np.ndarray, octaves: np.ndarray | None = None
+    ) -> tuple[Features, np.ndarray]:
         """Descriptors for given keypoints ``(N, 2)`` (e.g. corners carried by optical flow).
 
-        Returns Features for the keypoints that could be described, in the same order, plus a way to know
-        which: the returned ``responses`` hold the input index of each kept keypoint (float32).
+        Returns the Features of the keypoints that could be described (in input order) and ``(M,)`` int64
+        indices of those keypoints in the input.
         """
