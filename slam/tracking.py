@@ -1,0 +1,590 @@
+"""Tracker: two-view initialisation, frame-to-frame and local-map tracking, keyframe decision, relocalisation.
+
+Synchronous core: :meth:`Tracker.track` takes one :class:`~slam.map.frame.Frame` and returns a
+:class:`TrackResult`. The thread wrapper lives in :mod:`slam.system`. Keyframes are handed to the
+mapper through the ``KeyframeSink`` protocol (``insert(kf)``, ``idle``), which the synchronous and the
+threaded local mappers both implement.
+
+Front ends (``tracking.frontend``):
+    ``descriptors``: keypoints and descriptors on every frame, matched to map points by projection.
+    ``flow``: map points of the last frame carried by pyramidal Lucas-Kanade flow; descriptors only on
+        keyframes; see :mod:`slam.flow`.
+    ``hybrid``: flow, falling back to descriptors when flow loses too much (jumps, blur, light change).
+
+Poses of non-key frames are stored relative to their reference keyframe, so the written trajectory
+follows later bundle-adjustment corrections.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from slam.camera import Camera
+from slam.config import Config
+from slam.features.base import FeatureExtractor
+from slam.geometry.se3 import invert
+from slam.map.frame import Frame
+from slam.map.map import KeyFrame, Map
+from slam.timing import StageTimer
+
+log = logging.getLogger(__name__)
+
+INITIALISING, TRACKING, LOST = "initialising", "tracking", "lost"
+
+
+class KeyframeSink(Protocol):
+    """What the tracker needs of a local mapper."""
+
+    @property
+    def idle(self) -> bool: ...
+
+    def insert(self, kf: KeyFrame) -> None: ...
+
+
+@dataclass
+class TrackResult:
+    """Outcome of tracking one frame."""
+
+    state: str
+    T_cw: np.ndarray | None
+    num_tracked: int
+    new_keyframe: bool = False
+    map_created: bool = False
+
+
+@dataclass
+class FrameRecord:
+    """Where a tracked frame's pose lives: relative to a reference keyframe of a map."""
+
+    index: int
+    timestamp: float
+    map_id: int
+    ref_kf: KeyFrame
+    T_c_ref: np.ndarray
+
+    def T_cw(self) -> np.ndarray:
+        return self.T_c_ref @ self.ref_kf.current_T_cw()
+
+
+def _pose_to_list_matches(n: int) -> np.ndarray:
+    return np.full(n, -1, dtype=np.int64)
+
+
+class Tracker:
+    """The tracking state machine of one run (several maps when tracking is lost for long)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        camera: Camera,
+        extractor: FeatureExtractor,
+        new_map: "callable",
+        mapper: KeyframeSink,
+        timer: StageTimer | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.tcfg = cfg.tracking
+        self.camera = camera
+        self.extractor = extractor
+        self._new_map = new_map
+        self.mapper = mapper
+        self.timer = timer or StageTimer()
+        self.intrinsics = (camera.fx, camera.fy, camera.cx, camera.cy)
+        self.focal = 0.5 * (camera.fx + camera.fy)
+        self.map: Map = new_map()
+        self.state = INITIALISING
+        self.records: list[FrameRecord] = []
+        self.num_lost = 0
+        self.num_resets = 0
+        self._init_ref: Frame | None = None
+        self._last: Frame | None = None
+        self._velocity: np.ndarray | None = None
+        self._ref_kf: KeyFrame | None = None
+        self._last_kf: KeyFrame | None = None
+        self._frames_since_kf = 0
+        self._lost_in_row = 0
+        self._last_good_T_wc: np.ndarray | None = None
+        self._last_good_depth: float | None = None
+        self._local_kfs: list[KeyFrame] = []
+        self.max_levels = int(cfg.features.orb_levels) if extractor.binary else 8
+
+    # =============================================================================== public
+    def track(self, frame: Frame) -> TrackResult:
+        """Track one frame; never raises on tracking failure (returns state ``lost``)."""
+        if self.state == INITIALISING:
+            return self._initialise(frame)
+        result = self._track_frame(frame)
+        if result.state == LOST:
+            self._lost_in_row += 1
+            if self._lost_in_row > self.tcfg.max_lost_before_reset:
+                self._reset("tracking lost for %d frames" % self._lost_in_row)
+        else:
+            self._lost_in_row = 0
+        return result
+
+    def needs_descriptors(self) -> bool:
+        """Whether the next frame needs full keypoint extraction (always, for the descriptor front end)."""
+        return True
+
+    # =============================================================================== initialisation
+    def _initialise(self, frame: Frame) -> TrackResult:
+        from slam.features.matching import match_descriptors
+        from slam.geometry.two_view import initialize_two_view
+
+        ref = self._init_ref
+        if ref is None or len(ref.features) < self.tcfg.init_min_matches:
+            self._init_ref = frame if len(frame.features) >= self.tcfg.init_min_matches else None
+            return TrackResult(INITIALISING, None, 0)
+        with self.timer.stage("match"):
+            matches = match_descriptors(
+                ref.features.descriptors, frame.features.descriptors, ref.features.binary,
+                ratio=max(self.cfg.features.ratio, 0.85), mutual=True,
+            )
+        gap = frame.index - ref.index
+        if len(matches) < self.tcfg.init_min_matches:
+            log.debug("init: %d matches with reference %d; new reference", len(matches), ref.index)
+            self._init_ref = frame
+            return TrackResult(INITIALISING, None, len(matches))
+        x1 = self.camera.normalize(ref.features.keypoints[matches[:, 0]])
+        x2 = self.camera.normalize(frame.features.keypoints[matches[:, 1]])
+        with self.timer.stage("init"):
+            res = initialize_two_view(
+                x1, x2, self.focal, min_parallax_deg=self.tcfg.init_min_parallax_deg,
+                min_triangulated=self.tcfg.init_min_points, seed=self.cfg.system.seed,
+            )
+        if res is None or not getattr(res, "ok", True):
+            reason = getattr(res, "reason", "no model")
+            log.debug("init with reference %d failed: %s", ref.index, reason)
+            if gap >= self.tcfg.init_max_frames_gap:
+                self._init_ref = frame
+            return TrackResult(INITIALISING, None, len(matches))
+        if not self._create_initial_map(ref, frame, matches, res):
+            if gap >= self.tcfg.init_max_frames_gap:
+                self._init_ref = frame
+            return TrackResult(INITIALISING, None, len(matches))
+        self._init_ref = None
+        return TrackResult(TRACKING, frame.T_cw, frame.num_matched, new_keyframe=True, map_created=True)
+
+    def _create_initial_map(self, ref: Frame, cur: Frame, matches: np.ndarray, res) -> bool:
+        from slam.optim import bundle_adjust
+
+        the_map = self.map
+        valid = np.asarray(res.valid, dtype=bool)
+        if np.count_nonzero(valid) < self.tcfg.init_min_points:
+            return False
+        T_1w = np.eye(4)
+        T_2w = np.asarray(res.T_21, dtype=np.float64)
+        with the_map.lock:
+            kf0 = self._make_keyframe(ref, T_1w)
+            kf1 = self._make_keyframe(cur, T_2w)
+            for k, (i0, i1) in enumerate(matches):
+                if not valid[k]:
+                    continue
+                p = the_map.create_point(res.points_1[k], ref.features.descriptors[i0], kf0, int(i0))
+                the_map.add_observation(p, kf1, int(i1))
+        # full BA of the two-view map (first keyframe fixed)
+        with self.timer.stage("ba"):
+            self._full_ba([kf0, kf1])
+        with the_map.lock:
+            pts = the_map.points_of([kf0])
+            if len(pts) < self.tcfg.init_min_points:
+                log.info("init rejected after BA: %d points", len(pts))
+                self._discard_map()
+                return False
+            depths = np.array([(kf0.T_cw[:3, :3] @ p.position + kf0.T_cw[:3, 3])[2] for p in pts])
+            median_depth = float(np.median(depths))
+            if not np.isfinite(median_depth) or median_depth <= 0:
+                self._discard_map()
+                return False
+            scale = 1.0 / median_depth
+            kf1.T_cw[:3, 3] *= scale
+            for p in pts:
+                p.position = p.position * scale
+            for p in pts:
+                the_map.update_point_geometry(p, self.extractor_scale_factor(), self.max_levels)
+                the_map.update_point_descriptor(p)
+            cur.T_cw = kf1.T_cw.copy()
+            cur.point_ids = kf1.point_ids.copy()
+        if self._last_good_T_wc is not None:
+            self._chain_to_previous_map(kf0, median_depth_new=1.0)
+            cur.T_cw = kf1.T_cw.copy()
+        log.info(
+            "map %d initialised from frames %d and %d with %d points (%s)",
+            the_map.id, ref.index, cur.index, len(pts), getattr(res, "model", "?"),
+        )
+        self.state = TRACKING
+        self._ref_kf = kf1
+        self._last_kf = kf1
+        self._frames_since_kf = 0
+        self._last = cur
+        self._velocity = None
+        self.mapper.insert(kf0)
+        self.mapper.insert(kf1)
+        self._record(ref, kf0, np.eye(4))
+        self._record(cur, kf1, np.eye(4))
+        return True
+
+    def _full_ba(self, kfs: list[KeyFrame]) -> None:
+        from slam.optim import bundle_adjust
+
+        with self.map.lock:
+            points = self.map.points_of(kfs)
+            kf_index = {kf.id: i for i, kf in enumerate(kfs)}
+            obs_kf, obs_pt, obs_uv, obs_w, obs_ref = [], [], [], [], []
+            for j, p in enumerate(points):
+                for kid, idx in p.observations.items():
+                    if kid in kf_index:
+                        kf = kfs[kf_index[kid]]
+                        obs_kf.append(kf_index[kid])
+                        obs_pt.append(j)
+                        obs_uv.append(kf.kp_undist[idx])
+                        obs_w.append(kf.inv_sigma2[idx])
+                        obs_ref.append((p, kf))
+            T = np.array([kf.T_cw for kf in kfs])
+            X = np.array([p.position for p in points])
+        if len(points) == 0:
+            return
+        fixed = np.zeros(len(kfs), dtype=bool)
+        fixed[0] = True
+        result = bundle_adjust(
+            T, fixed, X, np.array(obs_kf), np.array(obs_pt), np.array(obs_uv), np.array(obs_w),
+            self.intrinsics, iterations=20,
+        )
+        with self.map.lock:
+            for kf, T_new in zip(kfs, result.T_cw):
+                kf.T_cw = np.array(T_new)
+            for p, x in zip(points, result.points_w):
+                p.position = np.array(x)
+            for bad, (p, kf) in zip(result.outliers, obs_ref):
+                if bad and not p.bad:
+                    self.map.erase_observation(p, kf)
+
+    def _discard_map(self) -> None:
+        self.map = self._new_map(reuse_id=self.map.id)
+
+    def extractor_scale_factor(self) -> float:
+        return float(self.cfg.features.orb_scale_factor) if self.extractor.binary else 2.0
+
+    # =============================================================================== keyframes
+    def _make_keyframe(self, frame: Frame, T_cw: np.ndarray) -> KeyFrame:
+        kf = KeyFrame(
+            id=self.map.new_keyframe_id(),
+            frame_index=frame.index,
+            timestamp=frame.timestamp,
+            T_cw=np.array(T_cw, dtype=np.float64),
+            features=frame.features,
+            kp_undist=frame.kp_undist,
+            inv_sigma2=frame.inv_sigma2,
+            point_ids=np.full(len(frame.features), -1, dtype=np.int64),
+            colors=frame.colors,
+            track_ids=None if frame.track_ids is None else frame.track_ids.copy(),
+        )
+        self.map.add_keyframe(kf)
+        return kf
+
+    def _record(self, frame: Frame, ref_kf: KeyFrame, T_c_ref: np.ndarray) -> None:
+        self.records.append(FrameRecord(frame.index, frame.timestamp, self.map.id, ref_kf, T_c_ref))
+
+    def _need_keyframe(self, frame: Frame, num_tracked: int) -> bool:
+        t = self.tcfg
+        if self._ref_kf is None:
+            return True
+        if num_tracked < t.min_tracked_points:
+            return False
+        since = self._frames_since_kf
+        if since < t.keyframe_min_frames:
+            return False
+        with self.map.lock:
+            ref_points = self._ref_kf.num_tracked_points(self.map, min_observations=2)
+        weak = num_tracked < t.keyframe_tracked_ratio * ref_points or num_tracked < t.keyframe_min_tracked
+        overdue = since >= t.keyframe_max_frames
+        if overdue:
+            return True
+        if weak and (self.mapper.idle or num_tracked < 0.5 * t.keyframe_min_tracked or since >= 3):
+            return True
+        return False
+
+    def _insert_keyframe(self, frame: Frame) -> KeyFrame:
+        with self.map.lock:
+            kf = self._make_keyframe(frame, frame.T_cw)
+            for idx in np.flatnonzero(frame.point_ids >= 0):
+                p = self.map.points.get(int(frame.point_ids[idx]))
+                if p is None or p.bad:
+                    continue
+                if kf.id in p.observations:
+                    continue
+                self.map.add_observation(p, kf, int(idx))
+        self.mapper.insert(kf)
+        self._last_kf = kf
+        self._ref_kf = kf
+        self._frames_since_kf = 0
+        return kf
+
+    # =============================================================================== tracking
+    def _track_frame(self, frame: Frame) -> TrackResult:
+        from slam.optim import optimize_pose
+
+        ok = False
+        last = self._last
+        if self.state == TRACKING and last is not None and last.T_cw is not None:
+            with self.timer.stage("match"):
+                ok = self._track_motion_model(frame) or self._track_reference_keyframe(frame)
+        if not ok:
+            with self.timer.stage("relocalise"):
+                ok = self._relocalise(frame)
+        if ok:
+            with self.timer.stage("local_map"):
+                ok = self._track_local_map(frame)
+        if not ok:
+            self.state = LOST
+            self.num_lost += 1
+            self._velocity = None
+            return TrackResult(LOST, None, 0)
+
+        self.state = TRACKING
+        if last is not None and last.T_cw is not None and frame.index - last.index <= 2:
+            self._velocity = frame.T_cw @ invert(last.T_cw)
+        else:
+            self._velocity = None
+        self._frames_since_kf += 1
+        num = frame.num_matched
+        new_kf = False
+        if self._need_keyframe(frame, num):
+            self._insert_keyframe(frame)
+            new_kf = True
+        ref = self._ref_kf
+        self._record(frame, ref, frame.T_cw @ invert(ref.T_cw))
+        self._last = frame
+        self._last_good_T_wc = invert(frame.T_cw)
+        return TrackResult(TRACKING, frame.T_cw, num, new_keyframe=new_kf)
+
+    def _point_arrays(self, ids: np.ndarray):
+        """Positions ``(M, 3)``, descriptors ``(M, D)`` and the ids that are still good map points."""
+        with self.map.lock:
+            good = [(int(i), self.map.points[int(i)]) for i in ids if int(i) in self.map.points]
+        if not good:
+            return np.zeros((0, 3)), None, np.zeros(0, np.int64)
+        pos = np.array([p.position for _, p in good])
+        desc = np.array([p.descriptor for _, p in good])
+        return pos, desc, np.array([i for i, _ in good], dtype=np.int64)
+
+    def _project(self, T_cw: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        Xc = X @ T_cw[:3, :3].T + T_cw[:3, 3]
+        uv = self.camera.project_ideal(Xc)
+        return uv, Xc[:, 2]
+
+    def _track_motion_model(self, frame: Frame) -> bool:
+        from slam.features.matching import search_by_projection
+        from slam.optim import optimize_pose
+
+        last = self._last
+        T_pred = last.T_cw if self._velocity is None else self._velocity @ last.T_cw
+        kp_last = np.flatnonzero(last.point_ids >= 0)
+        if len(kp_last) == 0 or len(frame.features) == 0:
+            return False
+        X, desc, ids = self._point_arrays(last.point_ids[kp_last])
+        if len(ids) == 0:
+            return False
+        # octave of the last observation of each point, for the search radius
+        id_to_octave = {int(last.point_ids[k]): int(last.features.octaves[k]) for k in kp_last}
+        octs = np.array([id_to_octave.get(int(i), 0) for i in ids])
+        uv, z = self._project(T_pred, X)
+        vis = (z > 0) & self.camera.in_image(uv)
+        sf = frame.features.scale_factor
+        for radius_scale in (1.0, 2.0):
+            radius = self.tcfg.search_radius_px * radius_scale * sf ** octs[vis]
+            match = search_by_projection(
+                uv[vis], desc[vis], radius, frame.kp_undist, frame.features.descriptors, frame.features.binary,
+                max_distance=self._max_distance(), ratio=0.9,
+            )
+            if np.count_nonzero(match >= 0) >= self.tcfg.min_tracked_points:
+                break
+        sel = np.flatnonzero(vis)[match >= 0]
+        kp_idx = match[match >= 0]
+        if len(sel) < self.tcfg.min_tracked_points:
+            return False
+        return self._optimise_with(frame, T_pred, X[sel], ids[sel], kp_idx)
+
+    def _optimise_with(self, frame: Frame, T_init: np.ndarray, X: np.ndarray, ids: np.ndarray, kp_idx: np.ndarray) -> bool:
+        from slam.optim import optimize_pose
+
+        with self.timer.stage("pose"):
+            res = optimize_pose(
+                T_init, X, frame.kp_undist[kp_idx], frame.inv_sigma2[kp_idx], self.intrinsics,
+            )
+        inl = np.asarray(res.inliers, dtype=bool)
+        if np.count_nonzero(inl) < self.tcfg.min_tracked_points:
+            return False
+        frame.T_cw = np.asarray(res.T_cw, dtype=np.float64)
+        frame.point_ids[:] = -1
+        frame.point_ids[kp_idx[inl]] = ids[inl]
+        return True
+
+    def _max_distance(self) -> float:
+        from slam.features import matching
+
+        fn = getattr(matching, "default_max_distance", None)
+        return float(fn(self.extractor.binary)) if fn is not None else (100.0 if self.extractor.binary else 0.8)
+
+    def _match_keyframe_pnp(self, frame: Frame, kf: KeyFrame, min_matches: int, T_guess: np.ndarray | None) -> bool:
+        """Descriptor matching against a keyframe's map points, then PnP-RANSAC and pose optimisation."""
+        from slam.features.matching import match_descriptors
+        from slam.geometry.pnp import solve_pnp
+
+        with self.map.lock:
+            kf_idx = np.flatnonzero(kf.point_ids >= 0)
+            kf_idx = np.array([i for i in kf_idx if int(kf.point_ids[i]) in self.map.points], dtype=np.int64)
+            if len(kf_idx) < min_matches or len(frame.features) == 0:
+                return False
+            ids = kf.point_ids[kf_idx].copy()
+            X = np.array([self.map.points[int(i)].position for i in ids])
+            kf_desc = kf.features.descriptors[kf_idx]
+        m = match_descriptors(kf_desc, frame.features.descriptors, frame.features.binary, ratio=0.85, mutual=True)
+        if len(m) < min_matches:
+            return False
+        x = self.camera.normalize(frame.features.keypoints[m[:, 1]])
+        sol = solve_pnp(X[m[:, 0]], x, self.focal, threshold_px=self.tcfg.pnp_reprojection_px * 2,
+                        min_inliers=min_matches, seed=self.cfg.system.seed)
+        if sol is None:
+            return False
+        T_cw, inl = sol
+        inl = np.asarray(inl, dtype=bool)
+        if np.count_nonzero(inl) < min_matches:
+            return False
+        return self._optimise_with(frame, T_cw, X[m[inl, 0]], ids[m[inl, 0]], m[inl, 1])
+
+    def _track_reference_keyframe(self, frame: Frame) -> bool:
+        kf = self._ref_kf
+        if kf is None or kf.bad:
+            return False
+        return self._match_keyframe_pnp(frame, kf, max(self.tcfg.min_tracked_points, 15), None)
+
+    def _relocalise(self, frame: Frame) -> bool:
+        if not self.tcfg.relocalise:
+            return False
+        kfs = self.map.keyframe_list()
+        if not kfs:
+            return False
+        # most recent keyframes first; bounded work per lost frame
+        for kf in list(reversed(kfs))[:12]:
+            if self._match_keyframe_pnp(frame, kf, 30, None):
+                log.info("frame %d relocalised against keyframe %d", frame.index, kf.id)
+                self._ref_kf = kf
+                return True
+        return False
+
+    def _local_keyframes(self, frame: Frame) -> list[KeyFrame]:
+        with self.map.lock:
+            counts: dict[int, int] = {}
+            for pid in frame.point_ids[frame.point_ids >= 0]:
+                p = self.map.points.get(int(pid))
+                if p is None:
+                    continue
+                for kid in p.observations:
+                    counts[kid] = counts.get(kid, 0) + 1
+            ranked = [self.map.keyframes[k] for k, _ in sorted(counts.items(), key=lambda kv: (-kv[1], -kv[0]))
+                      if k in self.map.keyframes]
+            local = ranked[:15]
+            seen = {kf.id for kf in local}
+            for kf in ranked[:5]:
+                for nb in self.map.best_covisible(kf, 5):
+                    if nb.id not in seen and len(local) < 25:
+                        local.append(nb)
+                        seen.add(nb.id)
+            if ranked:
+                self._ref_kf = ranked[0]
+            return local
+
+    def _track_local_map(self, frame: Frame) -> bool:
+        from slam.features.matching import search_by_projection
+
+        local_kfs = self._local_keyframes(frame)
+        if not local_kfs:
+            return frame.num_matched >= self.tcfg.min_tracked_points
+        matched = set(int(i) for i in frame.point_ids[frame.point_ids >= 0])
+        with self.map.lock:
+            pts = [p for p in self.map.points_of(local_kfs) if p.id not in matched]
+            if pts:
+                X = np.array([p.position for p in pts])
+                normals = np.array([p.normal for p in pts])
+                dmin = np.array([p.min_distance for p in pts])
+                dmax = np.array([p.max_distance for p in pts])
+                desc = np.array([p.descriptor for p in pts])
+        if pts:
+            T = frame.T_cw
+            uv, z = self._project(T, X)
+            center = invert(T)[:3, 3]
+            ray = X - center
+            dist = np.linalg.norm(ray, axis=1)
+            cos_view = np.einsum("ij,ij->i", -ray, normals) / np.maximum(dist, 1e-12)
+            vis = (z > 0) & self.camera.in_image(uv) & (dist >= 0.8 * dmin) & (dist <= 1.2 * dmax) & (cos_view > 0.5)
+            vis_idx = np.flatnonzero(vis)
+            if len(vis_idx):
+                for i in vis_idx:
+                    pts[i].visible += 1
+                sf = frame.features.scale_factor
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    level = np.ceil(np.log(np.maximum(dmax[vis_idx] / 1.2 / np.maximum(dist[vis_idx], 1e-9), 1e-9)) / np.log(sf))
+                level = np.clip(np.nan_to_num(level), 0, self.max_levels - 1)
+                radius = self.tcfg.local_map_radius_px * sf ** level
+                taken = frame.point_ids >= 0
+                match = search_by_projection(
+                    uv[vis_idx], desc[vis_idx], radius, frame.kp_undist, frame.features.descriptors,
+                    frame.features.binary, max_distance=self._max_distance(), ratio=0.8, taken=taken,
+                )
+                ok = match >= 0
+                frame.point_ids[match[ok]] = np.array([pts[i].id for i in vis_idx[ok]], dtype=np.int64)
+        kp_idx = np.flatnonzero(frame.point_ids >= 0)
+        X2, _, ids = self._point_arrays(frame.point_ids[kp_idx])
+        if len(ids) < len(kp_idx):
+            keep = np.isin(frame.point_ids[kp_idx], ids)
+            kp_idx = kp_idx[keep]
+        if len(kp_idx) < self.tcfg.min_tracked_points:
+            return False
+        ok = self._optimise_with(frame, frame.T_cw, X2, frame.point_ids[kp_idx].copy(), kp_idx)
+        if ok:
+            with self.map.lock:
+                for pid in frame.point_ids[frame.point_ids >= 0]:
+                    p = self.map.points.get(int(pid))
+                    if p is not None:
+                        p.found += 1
+        return ok and frame.num_matched >= self.tcfg.min_tracked_points
+
+    # =============================================================================== loss and reset
+    def _reset(self, reason: str) -> None:
+        log.warning("%s: starting a new map", reason)
+        self.num_resets += 1
+        if self._last is not None and self._last.T_cw is not None:
+            self._last_good_T_wc = invert(self._last.T_cw)
+        self._last_good_depth = self._median_depth_last()
+        self.map = self._new_map()
+        self.state = INITIALISING
+        self._init_ref = None
+        self._last = None
+        self._velocity = None
+        self._ref_kf = None
+        self._last_kf = None
+        self._lost_in_row = 0
+
+    def _median_depth_last(self) -> float | None:
+        last = self._last
+        if last is None or last.T_cw is None:
+            return None
+        X, _, ids = self._point_arrays(last.point_ids[last.point_ids >= 0])
+        if len(ids) == 0:
+            return None
+        z = (X @ last.T_cw[:3, :3].T + last.T_cw[:3, 3])[:, 2]
+        z = z[z > 0]
+        return float(np.median(z)) if len(z) else None
+
+    def _chain_to_previous_map(self, kf0: KeyFrame, median_depth_new: float) -> None:
+        """Place a new map so that its first keyframe sits where the camera was last seen, at a comparable scale."""
+        scale = 1.0
+        if self._last_good_depth is not None and median_depth_new > 0:
+            scale = self._last_good_depth / median_depth_new
+        T_new_old = self._last_good_T_wc @ kf0.T_cw  # kf0's world frame -> previous world frame
+        self.map.transform(T_new_old, scale)
