@@ -126,9 +126,9 @@ class Tracker:
             self._lost_in_row = 0
         return result
 
-    def needs_descriptors(self) -> bool:
-        """Whether the next frame needs full keypoint extraction (always, for the descriptor front end)."""
-        return True
+    def prepare(self, fd, preprocessor) -> tuple[Frame, np.ndarray | None]:
+        """Build the Frame for source frame ``fd``: full keypoint extraction on every frame."""
+        return preprocessor.make_frame(fd.index, fd.timestamp, fd.image)
 
     # =============================================================================== initialisation
     def _initialise(self, frame: Frame) -> TrackResult:

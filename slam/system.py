@@ -1,0 +1,228 @@
+"""System: wires a frame source to the tracker and the local mapper and collects the result.
+
+:class:`System` is the synchronous API (``process(frame)`` per frame); :func:`run_source` drives it over
+a :class:`~slam.sources.base.FrameSource`, with the mapper in its own thread unless ``system.sync`` is
+set, and always returns what it has (also after Ctrl-C or an error half-way, then re-raised by the
+caller once outputs are written).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from slam.camera import Camera
+from slam.config import Config
+from slam.evaluation.trajectory import Trajectory
+from slam.geometry.se3 import invert
+from slam.map.map import Map
+from slam.mapping import LocalMapper, LocalMapperThread
+from slam.preprocess import FramePreprocessor
+from slam.sources.base import FrameData, FrameSource
+from slam.timing import StageTimer
+from slam.tracking import LOST, TrackResult, Tracker
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other values are returned as they are."""
+    if device != "auto":
+        return device
+    try:
+        import torch  # noqa: PLC0415
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced."""
+
+    trajectory: Trajectory
+    keyframes: Trajectory
+    points_xyz: np.ndarray
+    points_rgb: np.ndarray
+    stats: dict
+    interrupted: bool = False
+    error: BaseException | None = None
+    states: list[tuple[int, float, str, int]] = field(default_factory=list)  # (index, time, state, tracked)
+
+
+class System:
+    """One SLAM run: preprocessing, tracking and local mapping over a sequence of frames."""
+
+    def __init__(self, cfg: Config, camera: Camera, mask: np.ndarray | None = None) -> None:
+        from slam.features.factory import create_extractor
+
+        self.cfg = cfg
+        self.camera = camera
+        self.device = resolve_device(cfg.system.device)
+        self.timer = StageTimer()
+        self.extractor = create_extractor(cfg.features, device=self.device)
+        self.maps: list[Map] = []
+        scale_factor = float(cfg.features.orb_scale_factor) if self.extractor.binary else 2.0
+        levels = int(cfg.features.orb_levels) if self.extractor.binary else 8
+        core = LocalMapper(cfg, camera, lambda: self.tracker.map, self.timer, scale_factor, levels)
+        self.mapper = core if cfg.system.sync else LocalMapperThread(core)
+        self.preprocessor = FramePreprocessor(cfg, camera, self.extractor, mask)
+        self.tracker = self._make_tracker()
+        self.num_frames = 0
+        self.states: list[tuple[int, float, str, int]] = []
+        self.last_frame = None
+        self.last_mask = None
+
+    def _make_tracker(self) -> Tracker:
+        frontend = self.cfg.tracking.frontend
+        if frontend == "descriptors":
+            cls = Tracker
+        elif frontend in ("flow", "hybrid"):
+            from slam.flow_tracking import FlowTracker
+
+            cls = FlowTracker
+        else:
+            from slam.errors import ConfigError
+
+            raise ConfigError(f"tracking.frontend must be descriptors, flow or hybrid, got {frontend!r}")
+        return cls(self.cfg, self.camera, self.extractor, self._new_map, self.mapper, self.timer)
+
+    def _new_map(self, reuse_id: int | None = None) -> Map:
+        if reuse_id is not None and self.maps and self.maps[-1].id == reuse_id:
+            self.maps[-1] = Map(reuse_id)
+            return self.maps[-1]
+        m = Map(len(self.maps))
+        self.maps.append(m)
+        return m
+
+    # ------------------------------------------------------------------------------------------ per frame
+    def process(self, fd: FrameData) -> TrackResult:
+        """Track one frame (raises the mapping thread's error, if it failed)."""
+        self.mapper.check()
+        with self.timer.stage("frame"):
+            with self.timer.stage("extract"):
+                frame, mask = self.tracker.prepare(fd, self.preprocessor)
+            result = self.tracker.track(frame)
+        self.num_frames += 1
+        self.states.append((fd.index, fd.timestamp, result.state, result.num_tracked))
+        self.last_frame = frame
+        self.last_mask = mask
+        return result
+
+    def finish(self) -> None:
+        """Let the mapper process what is queued, then stop its thread."""
+        if isinstance(self.mapper, LocalMapperThread):
+            self.mapper.wait_idle()
+            self.mapper.stop()
+            self.mapper.check()
+
+    # ------------------------------------------------------------------------------------------ results
+    def trajectory(self) -> Trajectory:
+        recs = self.tracker.records
+        if not recs:
+            return Trajectory(np.zeros(0), np.zeros((0, 4, 4)))
+        for m in self.maps:
+            m.lock.acquire()
+        try:
+            T_wc = np.array([invert(r.T_cw()) for r in recs])
+        finally:
+            for m in self.maps:
+                m.lock.release()
+        ts = np.array([r.timestamp for r in recs])
+        order = np.argsort(ts, kind="stable")
+        return Trajectory(ts[order], T_wc[order])
+
+    def keyframe_trajectory(self) -> Trajectory:
+        kfs = []
+        for m in self.maps:
+            with m.lock:
+                kfs.extend((kf.timestamp, invert(kf.T_cw)) for kf in m.keyframes.values())
+        if not kfs:
+            return Trajectory(np.zeros(0), np.zeros((0, 4, 4)))
+        kfs.sort(key=lambda x: x[0])
+        return Trajectory(np.array([k[0] for k in kfs]), np.array([k[1] for k in kfs]))
+
+    def point_cloud(self) -> tuple[np.ndarray, np.ndarray]:
+        xyz, rgb = [], []
+        for m in self.maps:
+            a, b = m.point_cloud()
+            xyz.append(a)
+            rgb.append(b)
+        return np.concatenate(xyz) if xyz else np.zeros((0, 3)), np.concatenate(rgb) if rgb else np.zeros((0, 3), np.uint8)
+
+    def stats(self, wall_s: float) -> dict:
+        tracked = sum(1 for s in self.states if s[2] == "tracking")
+        keyframes = sum(len(m.keyframes) for m in self.maps)
+        points = sum(len(m.points) for m in self.maps)
+        maps_used = sum(1 for m in self.maps if m.keyframes)
+        mean = self.timer.mean_ms()
+        return {
+            "frames": self.num_frames,
+            "tracked": tracked,
+            "tracked_fraction": round(tracked / self.num_frames, 4) if self.num_frames else 0.0,
+            "lost": sum(1 for s in self.states if s[2] == LOST),
+            "initialising": sum(1 for s in self.states if s[2] == "initialising"),
+            "keyframes": keyframes,
+            "keyframes_culled": sum(len(m.culled_keyframes) for m in self.maps),
+            "map_points": points,
+            "maps": max(maps_used, 1 if keyframes else 0),
+            "resets": self.tracker.num_resets,
+            "wall_s": round(wall_s, 3),
+            "fps": round(self.num_frames / wall_s, 3) if wall_s > 0 else 0.0,
+            "stage_ms": mean,
+            "stage_calls": self.timer.counts(),
+            "features": self.cfg.features.type,
+            "frontend": self.cfg.tracking.frontend,
+            "device": self.device,
+            "sync": self.cfg.system.sync,
+        }
+
+
+def run_frames(
+    system: System,
+    frames: Iterable[FrameData],
+    on_frame: Callable[[FrameData, TrackResult], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunResult:
+    """Feed ``frames`` to ``system``; stops cleanly on Ctrl-C, ``should_stop()`` or an error, keeping results."""
+    start = time.perf_counter()
+    interrupted = False
+    error: BaseException | None = None
+    try:
+        for fd in frames:
+            if should_stop is not None and should_stop():
+                interrupted = True
+                break
+            result = system.process(fd)
+            if on_frame is not None:
+                on_frame(fd, result)
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("interrupted: writing what was tracked so far")
+    except Exception as exc:  # kept, outputs written, re-raised by the caller
+        error = exc
+    try:
+        system.finish()
+    except Exception as exc:
+        error = error or exc
+    wall = time.perf_counter() - start
+    xyz, rgb = system.point_cloud()
+    stats = system.stats(wall)
+    stats["interrupted"] = interrupted
+    if error is not None:
+        stats["error"] = f"{type(error).__name__}: {error}"
+    return RunResult(
+        trajectory=system.trajectory(),
+        keyframes=system.keyframe_trajectory(),
+        points_xyz=xyz,
+        points_rgb=rgb,
+        stats=stats,
+        interrupted=interrupted,
+        error=error,
+        states=list(system.states),
+    )
