@@ -101,8 +101,8 @@ class LocalMapper:
         with the_map.lock:
             neighbours = the_map.best_covisible(kf, 20)
             for nb in neighbours:
-                if nb.id == 0 or nb.bad or nb.id == kf.id:
-                    continue
+                if nb.id == 0 or nb.bad or nb.id >= kf.id:
+                    continue  # never the origin, nor keyframes newer than the one processed
                 idx = np.flatnonzero(nb.point_ids >= 0)
                 if len(idx) == 0:
                     continue

@@ -37,6 +37,7 @@ class Frame:
     T_cw: np.ndarray | None = None
     track_ids: np.ndarray | None = None
     image: np.ndarray | None = None
+    mask: np.ndarray | None = None  # (H, W) uint8 usable pixels of this frame (flow front end)
 
     def __post_init__(self) -> None:
         if len(self.point_ids) != len(self.features):

@@ -1,0 +1,392 @@
+"""Optical-flow front end: Shi-Tomasi corners carried from frame to frame by pyramidal Lucas-Kanade flow.
+
+Between keyframes no descriptor is computed: the corners of the last keyframe (and the map points they
+observe) are carried by ``cv2.calcOpticalFlowPyrLK`` with a forward-backward check, and the pose comes
+from motion-only BA on them. At a keyframe new corners fill the empty parts of the image and every
+keypoint gets a descriptor (SIFT, ORB or SuperPoint at the corner), so local-map fusion, triangulation
+and relocalisation keep working on descriptors. Each keypoint keeps the id of its flow *track*; the
+local mapper triangulates new points between keyframes from shared track ids first.
+
+``frontend: hybrid`` falls back to full descriptor extraction and matching when flow keeps too few
+inliers (a jump, blur, a sudden light change); ``flow`` uses descriptors only to relocalise after loss.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from slam.features.base import Features
+from slam.features.photometric import normalize_luminance, to_gray
+from slam.geometry.se3 import invert
+from slam.map.frame import Frame
+from slam.map.map import KeyFrame
+from slam.tracking import INITIALISING, LOST, TRACKING, TrackResult, Tracker
+
+log = logging.getLogger(__name__)
+
+
+def track_flow(prev_gray: np.ndarray, gray: np.ndarray, pts: np.ndarray, win: int, levels: int,
+               fb_threshold: float, mask: np.ndarray | None = None, guess: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Carry ``pts (N, 2)`` from ``prev_gray`` to ``gray``; returns new positions and a ``(N,)`` bool of good tracks.
+
+    A track is good when LK converged both ways, the backward track returns within ``fb_threshold``
+    pixels, and the new position lies inside the image (and the mask).
+    """
+    import cv2
+
+    if len(pts) == 0:
+        return np.zeros((0, 2), np.float32), np.zeros(0, bool)
+    p0 = np.ascontiguousarray(pts, dtype=np.float32).reshape(-1, 1, 2)
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01)
+    flags = 0
+    p1_init = None
+    if guess is not None:
+        p1_init = np.ascontiguousarray(guess, dtype=np.float32).reshape(-1, 1, 2).copy()
+        flags = cv2.OPTFLOW_USE_INITIAL_FLOW
+    p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev_gray, gray, p0, p1_init, winSize=(win, win), maxLevel=levels,
+                                          criteria=criteria, flags=flags)
+    p0r, st2, _ = cv2.calcOpticalFlowPyrLK(gray, prev_gray, p1, None, winSize=(win, win), maxLevel=levels,
+                                           criteria=criteria)
+    p1 = p1.reshape(-1, 2)
+    fb = np.linalg.norm(p0r.reshape(-1, 2) - p0.reshape(-1, 2), axis=1)
+    h, w = gray.shape[:2]
+    good = (st1.ravel() == 1) & (st2.ravel() == 1) & (fb < fb_threshold)
+    good &= (p1[:, 0] >= 0) & (p1[:, 1] >= 0) & (p1[:, 0] <= w - 1) & (p1[:, 1] <= h - 1)
+    if mask is not None and np.any(good):
+        xi = np.clip(np.rint(p1[:, 0]).astype(int), 0, w - 1)
+        yi = np.clip(np.rint(p1[:, 1]).astype(int), 0, h - 1)
+        good &= mask[yi, xi] > 0
+    return p1, good
+
+
+def detect_corners(gray: np.ndarray, mask: np.ndarray | None, existing: np.ndarray, max_corners: int,
+                   min_distance: int, quality: float = 0.005) -> np.ndarray:
+    """New Shi-Tomasi corners ``(M, 2)`` float32 at least ``min_distance`` from ``existing (N, 2)``."""
+    import cv2
+
+    need = max_corners - len(existing)
+    if need <= 0:
+        return np.zeros((0, 2), np.float32)
+    free = np.full(gray.shape[:2], 255, np.uint8) if mask is None else mask.copy()
+    for x, y in np.rint(existing).astype(int):
+        cv2.circle(free, (int(x), int(y)), int(min_distance), 0, -1)
+    corners = cv2.goodFeaturesToTrack(gray, maxCorners=int(need), qualityLevel=quality,
+                                      minDistance=int(min_distance), mask=free, blockSize=7)
+    if corners is None:
+        return np.zeros((0, 2), np.float32)
+    corners = corners.reshape(-1, 2)
+    cv2.cornerSubPix(gray, corners.reshape(-1, 1, 2), (3, 3), (-1, -1),
+                     (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 20, 0.03))
+    return corners.astype(np.float32)
+
+
+class FlowTracker(Tracker):
+    """Tracker whose frame-to-frame association is optical flow (see the module docstring)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.hybrid = self.cfg.tracking.frontend == "hybrid"
+        self._next_track_id = 0
+        self._prev_gray: np.ndarray | None = None
+        self._prev_mask: np.ndarray | None = None
+        # tracks carried from frame to frame: pixels (distorted), ids, index into the latest keyframe
+        self._pts = np.zeros((0, 2), np.float32)
+        self._tids = np.zeros(0, np.int64)
+        self._kf_idx = np.zeros(0, np.int64)
+        self._init_frame: Frame | None = None
+        self._init_pts0 = np.zeros((0, 2), np.float32)
+        self._num_tracks_at_kf = 0
+        self.num_fallbacks = 0
+
+    # ------------------------------------------------------------------------------------------- frames
+    def prepare(self, fd, preprocessor) -> tuple[Frame, np.ndarray | None]:
+        """A Frame carrying the flow tracks (no descriptors); keypoints are extracted only when needed."""
+        gray = to_gray(fd.image)
+        if self.cfg.features.clahe:
+            gray = normalize_luminance(gray, self.cfg.features.clahe_clip, self.cfg.features.clahe_tiles)
+        mask = preprocessor.frame_mask(fd.image)
+        self._preprocessor = preprocessor
+        frame = preprocessor.frame_from_features(fd.index, fd.timestamp, fd.image, gray,
+                                                 Features.empty(0, self.extractor.binary))
+        frame.mask = mask
+        return frame, mask
+
+    def _flow_features(self, pts: np.ndarray) -> Features:
+        n = len(pts)
+        return Features(
+            keypoints=np.asarray(pts, np.float32).reshape(-1, 2), descriptors=np.zeros((n, 0), np.float32),
+            octaves=np.zeros(n, np.int32), sizes=np.full(n, 7.0, np.float32), angles=np.full(n, -1.0, np.float32),
+            responses=np.zeros(n, np.float32), binary=self.extractor.binary, scale_factor=self.extractor_scale_factor(),
+        )
+
+    def _set_keypoints(self, frame: Frame, features: Features, track_ids: np.ndarray) -> None:
+        from slam.preprocess import sample_colors
+
+        frame.features = features
+        frame.kp_undist = self.camera.undistort_points(features.keypoints) if len(features) else np.zeros((0, 2))
+        frame.inv_sigma2 = 1.0 / features.scale_factor ** (2.0 * features.octaves.astype(np.float64))
+        frame.colors = sample_colors(frame.image, features.keypoints)
+        frame.point_ids = np.full(len(features), -1, np.int64)
+        frame.track_ids = np.asarray(track_ids, np.int64)
+
+    def _new_track_ids(self, n: int) -> np.ndarray:
+        ids = np.arange(self._next_track_id, self._next_track_id + n, dtype=np.int64)
+        self._next_track_id += n
+        return ids
+
+    def _describe_keyframe_points(self, frame: Frame, mask: np.ndarray | None, pts: np.ndarray,
+                                  tids: np.ndarray, add_corners: bool = True) -> None:
+        """Fill empty areas with new corners, describe every keypoint, make them the frame's keypoints."""
+        t = self.tcfg
+        new = detect_corners(frame.gray, mask, pts, t.flow_max_corners, t.flow_min_corner_distance_px) \
+            if add_corners else np.zeros((0, 2), np.float32)
+        all_pts = np.concatenate([pts.reshape(-1, 2), new]).astype(np.float32)
+        all_tids = np.concatenate([tids, self._new_track_ids(len(new))])
+        with self.timer.stage("describe"):
+            feats, kept = self.extractor.describe(frame.gray, all_pts, None)
+        kept = np.asarray(kept, np.int64)
+        self._set_keypoints(frame, feats, all_tids[kept])
+        self._kept_from_input = kept
+
+    # ------------------------------------------------------------------------------------------- flow
+    def _carry(self, frame: Frame, mask: np.ndarray | None, guess: np.ndarray | None = None) -> np.ndarray:
+        """Carry the current tracks into ``frame``; returns the bool of surviving tracks."""
+        if self._prev_gray is None or len(self._pts) == 0:
+            return np.zeros(len(self._pts), bool)
+        t = self.tcfg
+        with self.timer.stage("flow"):
+            p1, good = track_flow(self._prev_gray, frame.gray, self._pts, t.flow_win_size, t.flow_levels,
+                                  t.flow_fb_threshold_px, mask, guess)
+        self._pts = p1
+        return good
+
+    def _keep_tracks(self, keep: np.ndarray) -> None:
+        self._pts = self._pts[keep]
+        self._tids = self._tids[keep]
+        self._kf_idx = self._kf_idx[keep]
+
+    # ------------------------------------------------------------------------------------------- init
+    def _initialise(self, frame: Frame) -> TrackResult:
+        from slam.geometry.two_view import initialize_two_view
+
+        mask = getattr(frame, "mask", None)
+        t = self.tcfg
+        if self._init_frame is None:
+            self._start_init_reference(frame, mask)
+            return TrackResult(INITIALISING, None, 0)
+        good = self._carry(frame, mask)
+        self._keep_tracks(good)
+        self._init_pts0 = self._init_pts0[good]
+        self._prev_gray = frame.gray
+        if len(self._pts) < t.init_min_matches:
+            self._start_init_reference(frame, mask)
+            return TrackResult(INITIALISING, None, 0)
+        disp = np.median(np.linalg.norm(self._pts - self._init_pts0, axis=1))
+        if disp < 2.0:
+            return TrackResult(INITIALISING, None, len(self._pts))
+        x1 = self.camera.normalize(self._init_pts0)
+        x2 = self.camera.normalize(self._pts)
+        with self.timer.stage("init"):
+            res = initialize_two_view(x1, x2, self.focal, min_parallax_deg=t.init_min_parallax_deg,
+                                      min_triangulated=t.init_min_points, seed=self.cfg.system.seed)
+        gap = frame.index - self._init_frame.index
+        if res is None or not getattr(res, "ok", True):
+            if gap >= t.init_max_frames_gap:
+                self._start_init_reference(frame, mask)
+            return TrackResult(INITIALISING, None, len(self._pts))
+        ref = self._init_frame
+        # reference keyframe: its corners that survived; current: the tracked ones + new corners
+        self._describe_keyframe_points(ref, ref.mask, self._init_pts0, self._tids, add_corners=False)
+        kept_ref = self._kept_from_input
+        self._describe_keyframe_points(frame, mask, self._pts, self._tids)
+        kept_cur = self._kept_from_input
+        # correspondences through track ids
+        common, ia, ib = np.intersect1d(ref.track_ids, frame.track_ids, return_indices=True)
+        # map each common track back to its row in the two-view result
+        row_of_tid = {int(tid): k for k, tid in enumerate(self._tids)}
+        rows = np.array([row_of_tid[int(tid)] for tid in common], dtype=np.int64)
+        matches = np.stack([ia, ib], axis=1)
+        sub = _SubsetResult(res, rows)
+        if not self._create_initial_map(ref, frame, matches, sub):
+            if gap >= t.init_max_frames_gap:
+                self._start_init_reference(frame, mask)
+            return TrackResult(INITIALISING, None, len(self._pts))
+        self._init_frame = None
+        self._reset_tracks_from_keyframe(frame)
+        return TrackResult(TRACKING, frame.T_cw, frame.num_matched, new_keyframe=True, map_created=True)
+
+    def _start_init_reference(self, frame: Frame, mask: np.ndarray | None) -> None:
+        t = self.tcfg
+        pts = detect_corners(frame.gray, mask, np.zeros((0, 2)), t.flow_max_corners, t.flow_min_corner_distance_px)
+        self._init_frame = frame
+        self._pts = pts
+        self._init_pts0 = pts.copy()
+        self._tids = self._new_track_ids(len(pts))
+        self._kf_idx = np.full(len(pts), -1, np.int64)
+        self._prev_gray = frame.gray
+
+    def _reset_tracks_from_keyframe(self, frame: Frame) -> None:
+        """After a keyframe, the tracks are exactly its keypoints."""
+        self._pts = frame.features.keypoints.astype(np.float32).copy()
+        self._tids = frame.track_ids.copy()
+        self._kf_idx = np.arange(len(self._pts), dtype=np.int64)
+        self._num_tracks_at_kf = len(self._pts)
+        self._prev_gray = frame.gray
+
+    # ------------------------------------------------------------------------------------------- tracking
+    def _predicted_pixels(self, T_pred: np.ndarray, point_ids: np.ndarray) -> np.ndarray | None:
+        """Distorted pixel prediction of each track's map point under ``T_pred`` (NaN where none)."""
+        guess = self._pts.copy()
+        has = point_ids >= 0
+        if not np.any(has):
+            return None
+        X, _, ids = self._point_arrays(point_ids[has])
+        if len(ids) == 0:
+            return None
+        pos = {int(i): x for i, x in zip(ids, X)}
+        rows = np.flatnonzero(has)
+        sel = [r for r in rows if int(point_ids[r]) in pos]
+        if not sel:
+            return None
+        Xs = np.array([pos[int(point_ids[r])] for r in sel])
+        Xc = Xs @ T_pred[:3, :3].T + T_pred[:3, 3]
+        uv = self.camera.project(Xc)
+        ok = np.isfinite(uv).all(axis=1) & (Xc[:, 2] > 0)
+        guess[np.array(sel)[ok]] = uv[ok]
+        return guess
+
+    def _track_frame(self, frame: Frame) -> TrackResult:
+        mask = getattr(frame, "mask", None)
+        last = self._last
+        kf = self._last_kf
+        ok = False
+        if self.state == TRACKING and last is not None and last.T_cw is not None and kf is not None and not kf.bad:
+            with self.map.lock:
+                point_ids = kf.point_ids[self._kf_idx].copy() if len(kf.point_ids) else np.full(len(self._kf_idx), -1)
+            T_pred = last.T_cw if self._velocity is None else self._velocity @ last.T_cw
+            guess = self._predicted_pixels(T_pred, point_ids) if self._velocity is not None else None
+            good = self._carry(frame, mask, guess)
+            self._keep_tracks(good)
+            point_ids = point_ids[good]
+            ok = self._pose_from_tracks(frame, T_pred, point_ids)
+        if not ok and (self.hybrid or self.state != TRACKING):
+            ok = self._descriptor_fallback(frame, mask)
+            if ok:
+                return self._finish_tracked(frame, mask, force_keyframe=True)
+        if not ok:
+            self.state = LOST
+            self.num_lost += 1
+            self._velocity = None
+            self._prev_gray = frame.gray
+            return TrackResult(LOST, None, 0)
+        return self._finish_tracked(frame, mask, force_keyframe=False)
+
+    def _pose_from_tracks(self, frame: Frame, T_pred: np.ndarray, point_ids: np.ndarray) -> bool:
+        from slam.optim import optimize_pose
+
+        self._set_keypoints(frame, self._flow_features(self._pts), self._tids)
+        has = np.flatnonzero(point_ids >= 0)
+        X, _, ids = self._point_arrays(point_ids[has])
+        if len(ids) < len(has):
+            keep = np.isin(point_ids[has], ids)
+            has = has[keep]
+        if len(has) < self.tcfg.min_tracked_points:
+            return False
+        with self.timer.stage("pose"):
+            res = optimize_pose(T_pred, X, frame.kp_undist[has], frame.inv_sigma2[has], self.intrinsics)
+        inl = np.asarray(res.inliers, bool)
+        if np.count_nonzero(inl) < self.tcfg.min_tracked_points:
+            return False
+        frame.T_cw = np.asarray(res.T_cw, np.float64)
+        frame.point_ids[has[inl]] = ids[inl]
+        # outlier tracks are unreliable: drop them
+        drop = np.zeros(len(self._pts), bool)
+        drop[has[~inl]] = True
+        if np.any(drop):
+            keep = ~drop
+            self._keep_tracks(keep)
+            self._set_keypoints(frame, self._flow_features(self._pts), self._tids)
+            frame.point_ids[:] = -1
+            sel = np.flatnonzero(keep)
+            pid_full = np.full(len(drop), -1, np.int64)
+            pid_full[has[inl]] = ids[inl]
+            frame.point_ids[:] = pid_full[sel]
+        return True
+
+    def _descriptor_fallback(self, frame: Frame, mask: np.ndarray | None) -> bool:
+        """Full keypoint extraction and descriptor tracking (reference keyframe, relocalisation, local map)."""
+        with self.timer.stage("extract"):
+            feats = self.extractor.extract(frame.gray, mask)
+        self._set_keypoints(frame, feats, self._new_track_ids(len(feats)))
+        self.num_fallbacks += 1
+        ok = False
+        if self.state == TRACKING:
+            with self.timer.stage("match"):
+                ok = self._track_reference_keyframe(frame)
+        if not ok:
+            with self.timer.stage("relocalise"):
+                ok = self._relocalise(frame)
+        if ok:
+            with self.timer.stage("local_map"):
+                ok = self._track_local_map(frame)
+        if ok:
+            log.debug("frame %d: tracked by descriptor fallback", frame.index)
+        return ok
+
+    def _finish_tracked(self, frame: Frame, mask: np.ndarray | None, force_keyframe: bool) -> TrackResult:
+        last = self._last
+        self.state = TRACKING
+        if last is not None and last.T_cw is not None and frame.index - last.index <= 2:
+            self._velocity = frame.T_cw @ invert(last.T_cw)
+        else:
+            self._velocity = None
+        self._frames_since_kf += 1
+        num = frame.num_matched
+        new_kf = force_keyframe or self._need_flow_keyframe(frame, num)
+        if new_kf:
+            self._make_flow_keyframe(frame, mask)
+        else:
+            self._prev_gray = frame.gray
+        ref = self._ref_kf
+        self._record(frame, ref, frame.T_cw @ invert(ref.T_cw))
+        self._last = frame
+        self._last_good_T_wc = invert(frame.T_cw)
+        return TrackResult(TRACKING, frame.T_cw, num, new_keyframe=new_kf)
+
+    def _need_flow_keyframe(self, frame: Frame, num_tracked: int) -> bool:
+        t = self.tcfg
+        if self._frames_since_kf >= t.keyframe_max_frames:
+            return True
+        if self._frames_since_kf < max(t.keyframe_min_frames, 1):
+            return False
+        tracks_left = len(self._pts) / max(self._num_tracks_at_kf, 1)
+        with self.map.lock:
+            kf_points = int(np.count_nonzero(self._last_kf.point_ids >= 0)) if self._last_kf is not None else 0
+        weak = num_tracked < t.keyframe_tracked_ratio * kf_points or tracks_left < 0.7 or num_tracked < t.keyframe_min_tracked
+        return bool(weak and (self.mapper.idle or tracks_left < 0.5 or num_tracked < t.keyframe_min_tracked))
+
+    def _make_flow_keyframe(self, frame: Frame, mask: np.ndarray | None) -> None:
+        pids_before = frame.point_ids.copy()
+        tids_before = frame.track_ids.copy() if frame.track_ids is not None else self._new_track_ids(len(frame.features))
+        if frame.features.descriptors.shape[1] == 0:
+            self._describe_keyframe_points(frame, mask, frame.features.keypoints, tids_before)
+            kept = self._kept_from_input
+            pid = np.full(len(frame.features), -1, np.int64)
+            inside = kept < len(pids_before)
+            pid[inside] = pids_before[kept[inside]]
+            frame.point_ids = pid
+        self._insert_keyframe(frame)
+        self._reset_tracks_from_keyframe(frame)
+
+
+class _SubsetResult:
+    """A two-view result restricted to the rows of the correspondences that survived description."""
+
+    def __init__(self, res, rows: np.ndarray) -> None:
+        self.T_21 = res.T_21
+        self.points_1 = np.asarray(res.points_1)[rows]
+        self.valid = np.asarray(res.valid, bool)[rows]
+        self.model = getattr(res, "model", "?")
+        self.ok = True
