@@ -7,7 +7,7 @@ distortion coefficient order of OpenCV (``k1 k2 p1 p2 [k3]`` for ``pinhole``, ``
 every lens model feeds the same geometry; :meth:`Camera.undistort_points` gives those, and
 :meth:`Camera.unproject` gives unit bearing vectors, which stay valid beyond 90 degrees off-axis.
 
-Projection and undistortion are done by OpenCV (``cv2.projectPoints``, ``cv2.undistortPointsIter``,
+Projection and undistortion are done by OpenCV (``cv2.projectPoints``, ``cv2.undistortPoints``,
 ``cv2.fisheye.*``).
 """
 
@@ -112,12 +112,22 @@ class Camera:
             valid = pts[:, 2] > 1e-12
         if not np.any(valid):
             return out
-        import cv2
-
-        zeros = np.zeros(3)
         if self.model == "fisheye":
-            uv, _ = cv2.fisheye.projectPoints(pts[valid].reshape(-1, 1, 3), zeros, zeros, self.K, self.dist_array)
+            # Kannala-Brandt on the angle from the optical axis, atan2 keeps rays beyond 90 degrees valid
+            # (OpenCV's fisheye.projectPoints divides by z and folds them back)
+            p = pts[valid]
+            r = np.hypot(p[:, 0], p[:, 1])
+            theta = np.arctan2(r, p[:, 2])
+            k1, k2, k3, k4 = self.dist_array if self.dist else (0.0, 0.0, 0.0, 0.0)
+            t2 = theta * theta
+            theta_d = theta * (1 + t2 * (k1 + t2 * (k2 + t2 * (k3 + t2 * k4))))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                s = np.where(r > 1e-12, theta_d / np.maximum(r, 1e-300), 1.0 / np.maximum(p[:, 2], 1e-12))
+            uv = np.stack([self.fx * p[:, 0] * s + self.cx, self.fy * p[:, 1] * s + self.cy], axis=1)
         else:
+            import cv2
+
+            zeros = np.zeros(3)
             uv, _ = cv2.projectPoints(pts[valid].reshape(-1, 1, 3), zeros, zeros, self.K, self.dist_array)
         out[valid] = uv.reshape(-1, 2)
         return out
@@ -151,7 +161,7 @@ class Camera:
             und = cv2.fisheye.undistortPoints(pts, self.K, self.dist_array)
         else:
             criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 40, 1e-10)
-            und = cv2.undistortPointsIter(pts, self.K, self.dist_array, None, None, criteria)
+            und = cv2.undistortPoints(pts, self.K, self.dist_array, None, None, None, criteria)
         return und.reshape(-1, 2)
 
     def undistort_points(self, uv: np.ndarray) -> np.ndarray:

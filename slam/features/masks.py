@@ -210,8 +210,8 @@ def fit_circle_ransac(
 def _rounded_rect_from_region(region: np.ndarray) -> tuple[tuple[float, float, float, float], float] | None:
     """Robust rounded-rectangle parameters of a filled region (H, W) 0/1: ``((x0, y0, x1, y1), r)``.
 
-    Each edge is the median extent over the middle half of the region's rows or columns (so blobs and
-    text attached to the outline do not move it); the corner radius follows from the area the rounded
+    Each edge is the 3rd / 97th percentile extent over the middle half of the region's rows or columns
+    (so small blobs and text attached to the outline do not move it); the corner radius follows from the area the rounded
     corners remove, ``(4 - pi) r^2``.
     """
     rows = np.flatnonzero(region.any(axis=1))
@@ -226,7 +226,7 @@ def _rounded_rect_from_region(region: np.ndarray) -> tuple[tuple[float, float, f
         occupied = band.any(axis=1)
         first = np.argmax(band, axis=1)[occupied]
         last = band.shape[1] - 1 - np.argmax(band[:, ::-1], axis=1)[occupied]
-        return float(np.median(first)), float(np.median(last))
+        return float(np.percentile(first, 3)), float(np.percentile(last, 97))
 
     x0, x1 = edges(region, rows)
     y0, y1 = edges(region.T, cols)
@@ -323,10 +323,14 @@ def _estimate_from_accumulated(acc: np.ndarray, full_shape: tuple[int, int], mar
     on_edge = (pts[:, 0] <= 1) | (pts[:, 1] <= 1) | (pts[:, 0] >= w - 2) | (pts[:, 1] >= h - 2)
     pts = pts[~on_edge]
     fit = fit_circle_ransac(pts, tol=max(1.5, 0.006 * min(h, w))) if len(pts) >= 20 else None
+    circle_outlines_region = False
     if fit is not None:
         (cx, cy, r), inliers = fit
         disc = _draw_circle((h, w), cx, cy, r)
         candidates.append((_iou(disc, region), "circle", {"centre": (cx, cy), "radius": r}, disc))
+        # most of the outline on the circle and the region inside it: a disc clipped by something else
+        spill = np.count_nonzero(region & (disc == 0)) / float(max(np.count_nonzero(region), 1))
+        circle_outlines_region = float(np.mean(inliers)) >= 0.5 and spill <= 0.01
     rr = _rounded_rect_from_region(region)
     if rr is not None:
         rect, rad = rr
@@ -335,8 +339,14 @@ def _estimate_from_accumulated(acc: np.ndarray, full_shape: tuple[int, int], mar
     if not candidates:
         full.confidence = 0.5
         return full
-    score, shape, params, _ = max(candidates, key=lambda c: c[0])
-    if score < _MIN_MODEL_IOU:
+    for c in candidates:
+        log.debug("field of view candidate %s: IoU %.3f %s", c[1], c[0], c[2])
+    # a circle is a rounded rectangle too: prefer it unless the rectangle explains clearly more
+    if circle_outlines_region:
+        score, shape, params, _ = candidates[0]
+    else:
+        score, shape, params, _ = max(candidates, key=lambda c: c[0] + (0.01 if c[1] == "circle" else 0.0))
+    if score < _MIN_MODEL_IOU and not circle_outlines_region:
         full.confidence = float(1.0 - score)
         log.info("field of view: border fits no circle or rounded rectangle (IoU %.2f); using the full image", score)
         return full
@@ -384,7 +394,7 @@ def estimate_fov_mask(frames: list[np.ndarray], margin_px: int = 4) -> FovMask:
     est = FovMaskEstimator(num_frames=len(frames), margin_px=margin_px)
     for f in frames:
         est.add(f)
-    return est.estimate()
+    return est.result if est.result is not None else est.estimate()
 
 
 class FovMaskEstimator:
@@ -500,7 +510,7 @@ def specular_mask(
         gray = image.reshape(image.shape[:2])
         hi = cv2.threshold(gray, int(value_threshold) - 1, 255, cv2.THRESH_BINARY)[1]
     else:
-        v = np.max(image, axis=2) if False else cv2.max(cv2.max(image[:, :, 0], image[:, :, 1]), image[:, :, 2])
+        v = cv2.max(cv2.max(image[:, :, 0], image[:, :, 1]), image[:, :, 2])
         mn = cv2.min(cv2.min(image[:, :, 0], image[:, :, 1]), image[:, :, 2])
         bright = v >= int(value_threshold)
         # HSV saturation S = 255 (V - min) / V  <=  s_thr   <=>   255 (V - min) <= s_thr V
