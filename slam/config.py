@@ -43,6 +43,7 @@ class MaskConfig:
 
     fov: str = "file"  # "file": use mask.png / --mask only; "auto": detect the endoscope's field of view; "none"
     fov_margin_px: int = 4  # erode the field-of-view mask by this many pixels (full resolution)
+    fov_frames: int = 10  # frames combined for the automatic field-of-view fit
     specular: bool = False  # mask specular highlights per frame
     specular_value: int = 235  # V (HSV) above which a pixel can be a highlight
     specular_saturation: int = 60  # S (HSV) below which a bright pixel is a highlight
@@ -60,6 +61,8 @@ class FeatureConfig:
     clahe: bool = True  # contrast-limited histogram equalisation of luminance before extraction
     clahe_clip: float = 2.0
     clahe_tiles: int = 8
+    flatten_illumination: bool = False  # divide by large-scale brightness (light falloff, vignetting) first
+    flatten_sigma: float | None = None  # blur sigma in pixels (None: 1/16 of the larger image side)
     sift_contrast_threshold: float = 0.01
     sift_edge_threshold: float = 10.0
     orb_fast_threshold: int = 12

@@ -25,8 +25,6 @@ from slam.system import RunResult, System, run_frames
 
 log = logging.getLogger(__name__)
 
-FOV_FRAMES = 10  # frames used to estimate an endoscope's field of view
-
 
 def check_output_dir(out_dir: str | Path) -> Path:
     """Create ``out_dir`` and make sure it is writable (InputError otherwise)."""
@@ -45,9 +43,9 @@ def resolve_mask(cfg: Config, source: FrameSource, frames: Iterator[FrameData]) 
     """The static mask for the run and the frame iterator (frames peeked for estimation are put back)."""
     info: dict = {"fov": cfg.masks.fov}
     if cfg.source.mask:
-        from slam.sources.folder import read_mask  # noqa: PLC0415
+        from slam.features.masks import load_mask
 
-        mask = read_mask(cfg.source.mask, source.camera.width, source.camera.height)
+        mask = load_mask(cfg.source.mask, (source.camera.height, source.camera.width))
         info["mask_file"] = cfg.source.mask
         return mask, frames, info
     mode = cfg.masks.fov
@@ -62,7 +60,7 @@ def resolve_mask(cfg: Config, source: FrameSource, frames: Iterator[FrameData]) 
         raise ConfigError(f"masks.fov must be file, auto or none, got {mode!r}")
     from slam.features.masks import estimate_fov_mask
 
-    head = list(itertools.islice(frames, FOV_FRAMES))
+    head = list(itertools.islice(frames, max(int(cfg.masks.fov_frames), 1)))
     if not head:
         return None, iter(()), info
     fov = estimate_fov_mask([fd.image for fd in head], margin_px=0)

@@ -44,8 +44,7 @@ def _parse_rows(path: Path, lines: list[tuple[int, str]], sep: str | None, ncols
     """Parse numeric rows; ``ncols`` None accepts any count >= 8 (truncated to the first 8)."""
     rows = []
     for lineno, line in lines:
-        parts = [p for p in (line.split(sep) if sep else line.split())]
-        parts = [p.strip() for p in parts if p.strip()]
+        parts = [p.strip() for p in (line.split(sep) if sep else line.split()) if p.strip()]
         if ncols is not None and len(parts) != ncols:
             raise InputError(f"{path}:{lineno}: expected {ncols} values ({what}), got {len(parts)}")
         if ncols is None:

@@ -8,9 +8,11 @@ text overlays and sensor noise; the disc may be clipped by the image edges. :cla
 accumulates the first frames as a per-pixel high percentile of their (downscaled) luminance, so that a
 single dark frame or a dark moving structure does not carve the region, thresholds it just above the
 black level, keeps the largest region and fills its holes. A circle is fitted to the region's outline by
-RANSAC (points on the image edges excluded) and a rounded rectangle by robust edge medians; the model that
-explains the region best is kept, and the mask is that model intersected with the (smoothed) region, so
-that a disc clipped by something other than the image edges is still followed. Without a black border
+RANSAC (points on the image edges excluded) and a rounded rectangle by robust edge percentiles; the circle
+is kept when most of the outline lies on it and the region inside it, else the model that explains the
+region best. The mask is that model intersected with the region's convex hull, so that a disc clipped by
+something other than the image edges (sinus_dev: curved cuts at top and bottom) is still followed, while
+dark structures at the rim do not dent it and text touching the outline is cut off. Without a black border
 (ordinary video) the mask is the full image, shape ``"full"``. :meth:`FovMaskEstimator.recheck` compares a
 later frame with the mask (light where the border should be black means the scope or crop changed).
 """
@@ -207,12 +209,15 @@ def fit_circle_ransac(
     return best, inliers
 
 
-def _rounded_rect_from_region(region: np.ndarray) -> tuple[tuple[float, float, float, float], float] | None:
-    """Robust rounded-rectangle parameters of a filled region (H, W) 0/1: ``((x0, y0, x1, y1), r)``.
+def _rounded_rect_from_region(
+    region: np.ndarray, hull: np.ndarray
+) -> tuple[tuple[float, float, float, float], float] | None:
+    """Robust rounded-rectangle parameters of a filled region (H, W) 0/1 and its convex hull (H, W) 0/1:
+    ``((x0, y0, x1, y1), r)``.
 
     Each edge is the 3rd / 97th percentile extent over the middle half of the region's rows or columns
-    (so small blobs and text attached to the outline do not move it); the corner radius follows from the area the rounded
-    corners remove, ``(4 - pi) r^2``.
+    (so small blobs and text attached to the outline do not move it); the corner radius follows from the
+    area the rounded corners remove from the hull, ``(4 - pi) r^2``.
     """
     rows = np.flatnonzero(region.any(axis=1))
     cols = np.flatnonzero(region.any(axis=0))
@@ -233,7 +238,7 @@ def _rounded_rect_from_region(region: np.ndarray) -> tuple[tuple[float, float, f
     if x1 - x0 < 4 or y1 - y0 < 4:
         return None
     xi0, yi0, xi1, yi1 = int(round(x0)), int(round(y0)), int(round(x1)), int(round(y1))
-    inside = int(np.count_nonzero(region[yi0 : yi1 + 1, xi0 : xi1 + 1]))
+    inside = int(np.count_nonzero(hull[yi0 : yi1 + 1, xi0 : xi1 + 1]))
     deficit = max((xi1 - xi0 + 1) * (yi1 - yi0 + 1) - inside, 0)
     r = float(np.sqrt(deficit / (4.0 - np.pi)))
     r = min(r, 0.5 * (x1 - x0), 0.5 * (y1 - y0))
@@ -331,11 +336,16 @@ def _estimate_from_accumulated(acc: np.ndarray, full_shape: tuple[int, int], mar
         # most of the outline on the circle and the region inside it: a disc clipped by something else
         spill = np.count_nonzero(region & (disc == 0)) / float(max(np.count_nonzero(region), 1))
         circle_outlines_region = float(np.mean(inliers)) >= 0.5 and spill <= 0.01
-    rr = _rounded_rect_from_region(region)
+    # the convex hull bridges dents from dark structures at the rim; the models cut off what text or glow
+    # attached to the outline adds to it
+    hull = np.zeros_like(region)
+    cv2.fillConvexPoly(hull, cv2.convexHull(np.concatenate([c.reshape(-1, 2) for c in contours])), 1)
+    rr = _rounded_rect_from_region(region, hull)
     if rr is not None:
         rect, rad = rr
         shape_img = _draw_rounded_rect((h, w), rect, rad)
-        candidates.append((_iou(shape_img, region), "rounded_rect", {"rect": rect, "corner_radius": rad}, shape_img))
+        params_rr = {"rect": rect, "corner_radius": rad}
+        candidates.append((_iou(shape_img, region), "rounded_rect", params_rr, shape_img))
     if not candidates:
         full.confidence = 0.5
         return full
@@ -362,13 +372,12 @@ def _estimate_from_accumulated(acc: np.ndarray, full_shape: tuple[int, int], mar
         model = _draw_circle((H, W), cx, cy, r)
     else:
         x0, y0, x1, y1 = params["rect"]
-        x0f, y0f = to_full(x0 - 0.5, y0 - 0.5)
-        x1f, y1f = to_full(x1 + 0.5, y1 + 0.5)
-        rect = (x0f + 0.5 * sx, y0f + 0.5 * sy, x1f - 0.5 * sx, y1f - 0.5 * sy)
+        # first / last full-resolution pixel centres covered by the small image's edge pixels
+        rect = (x0 * sx, y0 * sy, (x1 + 1) * sx - 1.0, (y1 + 1) * sy - 1.0)
         rad = params["corner_radius"] * 0.5 * (sx + sy)
         params = {"rect": rect, "corner_radius": rad}
         model = _draw_rounded_rect((H, W), rect, rad)
-    region_full = cv2.resize(region * 255, (W, H), interpolation=cv2.INTER_LINEAR) >= 128
+    region_full = cv2.resize(hull * 255, (W, H), interpolation=cv2.INTER_LINEAR) >= 128
     mask = np.where((model > 0) & region_full, 255, 0).astype(np.uint8)
     mask = erode_mask(mask, margin_px)
     log.info("field of view: %s %s, IoU with the bright region %.3f", shape, params, score)

@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Iterator
@@ -66,6 +67,7 @@ def start_xvfb(screen: str = "1920x1080x24", timeout: float = 10.0) -> tuple[sub
     if binary is None:
         raise DependencyError(f"Xvfb is not installed and there is no X display (DISPLAY is unset): {APT_HINT}")
     read_fd, write_fd = os.pipe()
+    errlog = tempfile.TemporaryFile()  # a file, not a pipe: Xvfb must never block or die writing to stderr
     in_main = threading.current_thread() is threading.main_thread() and sys.platform.startswith("linux")
     try:
         proc = subprocess.Popen(
@@ -73,7 +75,7 @@ def start_xvfb(screen: str = "1920x1080x24", timeout: float = 10.0) -> tuple[sub
             pass_fds=(write_fd,),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=errlog,
             preexec_fn=_parent_death_signal if in_main else None,
         )
     finally:
@@ -94,12 +96,12 @@ def start_xvfb(screen: str = "1920x1080x24", timeout: float = 10.0) -> tuple[sub
         os.close(read_fd)
     if not buf.strip().isdigit():
         proc.kill()
-        _, err = proc.communicate(timeout=5)
-        tail = err.decode(errors="replace").strip().splitlines()[-3:] if err else []
+        proc.wait(timeout=5)
+        errlog.seek(0)
+        tail = errlog.read().decode(errors="replace").strip().splitlines()[-3:]
+        errlog.close()
         raise DependencyError(f"Xvfb did not start within {timeout:.0f} s: {' | '.join(tail) or 'no output'}")
-    if proc.stderr is not None:
-        proc.stderr.close()  # nothing reads it from here on; Xvfb's later messages are not needed
-        proc.stderr = None
+    errlog.close()  # the child keeps its own descriptor
     display = ":" + buf.decode().strip()
     log.info("started Xvfb on display %s (pid %d)", display, proc.pid)
     return proc, display

@@ -1,0 +1,209 @@
+"""ORB keypoints (OpenCV: FAST + Harris ranking, intensity-centroid orientation, rBRIEF) spread over a grid.
+
+:meth:`OrbExtractor.extract`: optional CLAHE -> ORB detection of ``oversample x num_features`` candidates over
+``orb_levels`` pyramid levels (scale ``orb_scale_factor``), inside the eroded mask -> keep ``num_features``
+spread over the ``grid_cols`` x ``grid_rows`` grid, each level keeping a share proportional to
+``orb_scale_factor ** -level`` (Harris scores of different levels are not comparable) -> descriptors of the kept keypoints only. Descriptors are
+``(N, 32)`` uint8 (256 packed bits, Hamming distance); ``Features.octaves`` is the pyramid level and
+``Features.scale_factor`` is ``orb_scale_factor``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from slam.config import FeatureConfig
+from slam.errors import ConfigError
+from slam.features.base import FeatureExtractor, Features
+from slam.features.grid import (
+    check_config,
+    check_gray,
+    in_mask,
+    keypoint_arrays,
+    level_quotas,
+    prepare_mask,
+    select_grid_levels,
+)
+
+log = logging.getLogger(__name__)
+
+PATCH_SIZE = 31  # rBRIEF patch and orientation disc diameter (OpenCV's default, as in ORB-SLAM)
+HALF_PATCH = PATCH_SIZE // 2
+EDGE_THRESHOLD = 19  # no detection closer than this to the image border (OpenCV default 31 is wasteful)
+
+
+def _disc_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(S,)`` int64 (du, dv) offsets of the pixels of a disc of ``radius`` (ORB's orientation patch)."""
+    d = np.arange(-radius, radius + 1)
+    dv, du = np.meshgrid(d, d, indexing="ij")
+    inside = du**2 + dv**2 <= radius * radius + radius  # rounds the boundary like ORB's umax table
+    return du[inside], dv[inside]
+
+
+def intensity_centroid_angle(level_img: np.ndarray, xy_level: np.ndarray, radius: int = HALF_PATCH) -> np.ndarray:
+    """ORB orientation of keypoints, vectorised: the angle of the intensity centroid of a disc.
+
+    Args:
+        level_img: ``(H, W)`` uint8 pyramid level image.
+        xy_level: ``(N, 2)`` positions in that level's pixels.
+
+    Returns:
+        ``(N,)`` float32 degrees in [0, 360), ``atan2(m01, m10)`` with y pointing down (OpenCV's convention).
+    """
+    import cv2
+
+    pad = radius + 1
+    padded = cv2.copyMakeBorder(level_img, pad, pad, pad, pad, cv2.BORDER_REFLECT_101).astype(np.float32)
+    du, dv = _disc_offsets(radius)
+    c = np.rint(xy_level).astype(np.int64) + pad
+    c[:, 0] = np.clip(c[:, 0], pad, padded.shape[1] - 1 - pad)
+    c[:, 1] = np.clip(c[:, 1], pad, padded.shape[0] - 1 - pad)
+    values = padded[c[:, 1:2] + dv[None], c[:, 0:1] + du[None]]  # (N, S)
+    m10 = values @ du.astype(np.float32)
+    m01 = values @ dv.astype(np.float32)
+    return (np.degrees(np.arctan2(m01, m10)) % 360.0).astype(np.float32)
+
+
+class OrbExtractor(FeatureExtractor):
+    """OpenCV ORB with grid bucketing.
+
+    Args:
+        cfg: feature settings (num_features, grid_cols/rows, clahe*, orb_fast_threshold, orb_levels,
+            orb_scale_factor).
+        oversample: candidates detected per kept keypoint before bucketing.
+        mask_margin_px: the mask is eroded by this many pixels before keypoints are kept.
+    """
+
+    name = "orb"
+    binary = True
+    descriptor_dim = 32
+
+    def __init__(self, cfg: FeatureConfig, oversample: float = 2.5, mask_margin_px: int = 4) -> None:
+        import cv2
+
+        check_config(cfg)
+        if cfg.orb_levels < 1:
+            raise ConfigError(f"features.orb_levels must be >= 1, got {cfg.orb_levels}")
+        if cfg.orb_scale_factor <= 1.0:
+            raise ConfigError(f"features.orb_scale_factor must be > 1, got {cfg.orb_scale_factor}")
+        if not 0 < cfg.orb_fast_threshold < 255:
+            raise ConfigError(f"features.orb_fast_threshold must be in 1..254, got {cfg.orb_fast_threshold}")
+        if oversample < 1.0:
+            raise ConfigError(f"ORB oversample must be >= 1, got {oversample}")
+        self.cfg = cfg
+        self.mask_margin_px = int(mask_margin_px)
+        self.scale_factor = float(cfg.orb_scale_factor)
+        self._orb = cv2.ORB_create(
+            nfeatures=int(round(oversample * cfg.num_features)),
+            scaleFactor=self.scale_factor,
+            nlevels=int(cfg.orb_levels),
+            edgeThreshold=EDGE_THRESHOLD,
+            firstLevel=0,
+            WTA_K=2,
+            scoreType=cv2.ORB_HARRIS_SCORE,
+            patchSize=PATCH_SIZE,
+            fastThreshold=int(cfg.orb_fast_threshold),
+        )
+
+    def _prepare(self, gray: np.ndarray) -> np.ndarray:
+        gray = check_gray(gray)
+        if self.cfg.clahe:
+            from slam.features.photometric import normalize_luminance
+
+            gray = normalize_luminance(gray, self.cfg.clahe_clip, self.cfg.clahe_tiles)
+        return gray
+
+    def _compute(self, img: np.ndarray, kps: list) -> tuple[np.ndarray, np.ndarray]:
+        """Descriptors of OpenCV keypoints whose class_id is their index; returns (indices, desc) sorted."""
+        kps_out, desc = self._orb.compute(img, kps)
+        if desc is None or len(kps_out) == 0:
+            return np.zeros(0, np.int64), np.zeros((0, 32), np.uint8)
+        ids = np.fromiter((k.class_id for k in kps_out), np.int64, len(kps_out))
+        order = np.argsort(ids)
+        return ids[order], np.ascontiguousarray(desc[order])
+
+    def extract(self, gray: np.ndarray, mask: np.ndarray | None = None) -> Features:
+        """Up to ``cfg.num_features`` ORB keypoints spread over the grid, inside the eroded ``mask``."""
+        img = self._prepare(gray)
+        h, w = img.shape
+        usable = prepare_mask(mask, (h, w), self.mask_margin_px)
+        if usable is not None and not usable.any():
+            return Features.empty(32, True, self.scale_factor)
+        cv_mask = None if usable is None else usable.view(np.uint8)
+        kps = self._orb.detect(img, cv_mask)
+        xy, size, angle, response, octave = keypoint_arrays(kps)
+        keep = np.flatnonzero(in_mask(xy, usable))
+        quotas = level_quotas(self.cfg.num_features, self.cfg.orb_levels, self.scale_factor)
+        chosen = keep[
+            select_grid_levels(
+                xy[keep], response[keep], octave[keep], quotas, w, h, self.cfg.grid_cols, self.cfg.grid_rows
+            )
+        ]
+        selected = [kps[i] for i in chosen]
+        for i, k in enumerate(selected):
+            k.class_id = i
+        ids, desc = self._compute(img, selected)
+        idx = chosen[ids]
+        log.debug("orb: %d candidates, %d in mask, %d described", len(kps), len(keep), len(idx))
+        return Features(
+            keypoints=xy[idx],
+            descriptors=desc,
+            octaves=octave[idx].astype(np.int32),
+            sizes=size[idx],
+            angles=angle[idx],
+            responses=response[idx],
+            binary=True,
+            scale_factor=self.scale_factor,
+        )
+
+    def describe(
+        self, gray: np.ndarray, keypoints: np.ndarray, octaves: np.ndarray | None = None
+    ) -> tuple[Features, np.ndarray]:
+        """ORB descriptors at given ``(N, 2)`` positions and pyramid levels (default level 0).
+
+        Orientations are computed as ORB does (intensity centroid on the level image). Keypoints outside the
+        image are dropped; returns their Features (input order) and ``(M,)`` int64 indices into the input.
+        """
+        import cv2
+
+        img = self._prepare(gray)
+        h, w = img.shape
+        xy = np.asarray(keypoints, np.float64).reshape(-1, 2)
+        n = len(xy)
+        levels = np.zeros(n, np.int64) if octaves is None else np.asarray(octaves, np.int64).reshape(n)
+        levels = np.clip(levels, 0, self.cfg.orb_levels - 1)
+        valid = np.flatnonzero(
+            np.isfinite(xy).all(axis=1) & (xy[:, 0] >= 0) & (xy[:, 0] <= w - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= h - 1)
+        )
+        if len(valid) == 0:
+            return Features.empty(32, True, self.scale_factor), np.zeros(0, np.int64)
+        angle = np.zeros(len(valid), np.float32)
+        for level in np.unique(levels[valid]):
+            sel = np.flatnonzero(levels[valid] == level)
+            scale = self.scale_factor ** float(level)
+            if level == 0:
+                level_img = img
+            else:  # the same level size and resampling as OpenCV's ORB pyramid
+                size = (int(round(w / scale)), int(round(h / scale)))
+                level_img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR_EXACT)
+            angle[sel] = intensity_centroid_angle(level_img, xy[valid[sel]] / scale)
+        size = PATCH_SIZE * self.scale_factor ** levels[valid].astype(np.float64)
+        kps = [
+            cv2.KeyPoint(float(x), float(y), float(s), float(a), 0.0, int(o), i)
+            for i, (x, y, s, a, o) in enumerate(zip(xy[valid, 0], xy[valid, 1], size, angle, levels[valid]))
+        ]
+        ids, desc = self._compute(img, kps)
+        index = valid[ids]
+        feats = Features(
+            keypoints=xy[index].astype(np.float32),
+            descriptors=desc,
+            octaves=levels[index].astype(np.int32),
+            sizes=size[ids].astype(np.float32),
+            angles=angle[ids],
+            responses=np.zeros(len(index), np.float32),
+            binary=True,
+            scale_factor=self.scale_factor,
+        )
+        return feats, index.astype(np.int64)
