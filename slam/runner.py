@@ -111,9 +111,9 @@ def evaluate_run(out_dir: Path, estimate: Trajectory, groundtruth: Trajectory) -
     data = res.to_dict()
     write_text_atomic(out_dir / "eval.json", json.dumps(data, indent=2, default=_json_default) + "\n")
     try:
-        from slam.evaluation.plot import plot_evaluation
+        from slam.evaluation.plot import save_eval_plot
 
-        plot_evaluation(estimate, groundtruth, res, out_dir / "eval.png")
+        save_eval_plot(res, out_dir / "eval.png")
     except Exception as exc:  # a plot is a nicety; never lose a run over it
         log.warning("could not write eval.png: %s", exc)
     return data
