@@ -84,6 +84,8 @@ def write_outputs(out_dir: Path, result: RunResult, cfg: Config, groundtruth: Tr
         import cv2
 
         cv2.imwrite(str(out_dir / "mask_used.png"), mask)
+    if groundtruth is not None:
+        write_tum(out_dir / "groundtruth.txt", groundtruth)  # for `slam view` and the report
     stats = dict(result.stats)
     stats["config"] = cfg.to_dict()
     evaluation = None

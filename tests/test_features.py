@@ -228,8 +228,8 @@ def test_ratio_and_mutual_logic_on_constructed_descriptors(binary):
     m = match_descriptors(desc1, desc2, binary, ratio=0.8, mutual=True)
     np.testing.assert_array_equal(m, [[0, 1], [1, 3], [2, 5], [3, 0], [4, 4], [5, 2]])
 
-    # ambiguous: desc2 holds a near-copy of base[0] twice -> ratio test rejects row 0
-    amb = np.concatenate([desc2, perturb(base[:1], small)])
+    # ambiguous: desc2 holds base[0] twice -> ratio test rejects row 0
+    amb = np.concatenate([desc2, base[:1]])
     m = match_descriptors(desc1, amb, binary, ratio=0.8, mutual=False)
     assert 0 not in m[:, 0] and len(m) == 5
     m = match_descriptors(desc1, amb, binary, ratio=None, mutual=False)
@@ -345,10 +345,11 @@ def test_describe_flow_corners_across_a_shift(kind, image):
     ex = extractor(kind)
     d1, i1 = ex.describe(image, corners)
     d2, i2 = ex.describe(moved, corners + shift)
-    assert len(i1) == len(corners) and len(i2) == len(corners)
+    assert len(i1) == len(corners) and len(i2) > 0.95 * len(corners)  # ORB drops points near the border
+    np.testing.assert_allclose(d2.keypoints, corners[i2] + shift, atol=1e-4)
     m = match_descriptors(d1.descriptors, d2.descriptors, ex.binary)
     assert len(m) > 0.7 * len(corners)
-    assert np.mean(m[:, 0] == m[:, 1]) > 0.95
+    assert np.mean(i1[m[:, 0]] == i2[m[:, 1]]) > 0.95
 
 
 # ------------------------------------------------------------------------------------------------ factory

@@ -22,7 +22,7 @@ from slam.geometry.triangulation import (
     reprojection_error_px,
     triangulate,
 )
-from slam.geometry.two_view import essential_inliers, initialize_two_view
+from slam.geometry.two_view import essential_inliers, initialize_two_view, refine_relative_pose
 
 CAM = Camera(640, 480, fx=420.0, fy=390.0, cx=330.0, cy=228.0, dist=(-0.08, 0.01, 0.0, 0.0))
 FOCAL = 0.5 * (CAM.fx + CAM.fy)
@@ -82,6 +82,10 @@ def test_triangulation_exact_without_noise():
     # bearing vectors of any length (here unnormalised camera-frame points and their negation scale)
     np.testing.assert_allclose(triangulate(T_1w, T_2w, Xc1 * 3.0, Xc2 / np.linalg.norm(Xc2, axis=1, keepdims=True)),
                                X, atol=1e-8)
+    # wide-angle bearings: points up to 120 degrees off the optical axis (negative z) triangulate exactly
+    Xwide = np.c_[rng.uniform(-1, 1, (50, 2)), rng.uniform(-1.5, -0.5, 50)] * 4.0
+    Xwide_w = transform_points(invert(T_1w), Xwide)
+    np.testing.assert_allclose(triangulate(T_1w, T_2w, Xwide, transform_points(T_2w, Xwide_w)), Xwide_w, atol=1e-8)
     assert np.all(reprojection_error_px(T_1w, X, x1, 500.0) < 1e-6)
     np.testing.assert_allclose(depth(T_2w, X), Xc2[:, 2])
     good = check_triangulated(T_1w, T_2w, X, x1, x2, 500.0, reproj_threshold_px=1.0, min_parallax_deg=0.5)
@@ -107,15 +111,25 @@ def test_triangulation_geometry_helpers():
 
 
 # --------------------------------------------------------------------------------------------- two-view
-def test_essential_case_recovers_motion():
+@pytest.mark.parametrize("noise_px", [0.5, 1.0])
+def test_essential_case_recovers_motion(noise_px):
     rng = np.random.default_rng(0)
     T_21 = random_motion(rng, baseline=1.0)
-    x1, x2, X, outlier = make_scene(rng, 1000, T_21, noise_px=1.0, outlier_ratio=0.2)
+    x1, x2, X, outlier = make_scene(rng, 1000, T_21, noise_px=noise_px, outlier_ratio=0.2)
     res = initialize_two_view(x1, x2, FOCAL, seed=0)
     assert res.ok, res.reason
     assert res.model == "essential"
-    assert rot_err_deg(res.T_21[:3, :3], T_21[:3, :3]) < 0.1
+    rot_err = rot_err_deg(res.T_21[:3, :3], T_21[:3, :3])
     assert angle_deg(res.T_21[:3, 3], T_21[:3, 3]) < 1.0
+    # The data bound the rotation accuracy: the maximum-likelihood (Sampson) estimate from the true
+    # inliers, started at the truth, has a median error of ~0.07 deg at 1 px in this scene (0.13 deg
+    # worst of 15 seeds). Demand < 0.1 deg at 0.5 px, and at 1 px closeness to that estimate.
+    if noise_px <= 0.5:
+        assert rot_err < 0.1
+    else:
+        R_ml, _ = refine_relative_pose(T_21[:3, :3], T_21[:3, 3], x1[~outlier], x2[~outlier], 1e3)
+        assert rot_err < 0.2
+        assert rot_err < 1.5 * rot_err_deg(R_ml, T_21[:3, :3]) + 0.02
     # valid points: nearly all inliers, almost no outliers; scale convention: median depth 1
     assert res.num_valid > 0.8 * np.count_nonzero(~outlier)
     assert np.count_nonzero(res.valid & outlier) < 0.02 * np.count_nonzero(outlier) + 3
@@ -127,6 +141,9 @@ def test_essential_case_recovers_motion():
     rel = np.linalg.norm(res.points_1[good] * s - X[good], axis=1) / np.linalg.norm(X[good], axis=1)
     assert np.median(rel) < 0.02
     assert res.median_parallax_deg > 5.0
+    # ORB-SLAM's score ratio agrees on a general scene
+    assert res.ratio_H < 0.2
+    assert initialize_two_view(x1, x2, FOCAL, model_selection="score").model == "essential"
     # deterministic
     res2 = initialize_two_view(x1, x2, FOCAL, seed=0)
     np.testing.assert_array_equal(res.T_21, res2.T_21)
@@ -213,7 +230,7 @@ def test_initialize_two_view_runtime_1000_matches():
     res = initialize_two_view(x1, x2, FOCAL)
     dt = time.perf_counter() - t0
     assert res.ok
-    assert dt < 1.0  # measured ~30 ms on one core; generous for a loaded machine
+    assert dt < 1.0  # measured ~17 ms; generous for a loaded machine
 
 
 # -------------------------------------------------------------------------------------------------- PnP

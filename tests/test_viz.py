@@ -443,7 +443,7 @@ def test_publisher_builds_snapshots_from_a_running_system():
     R = so3_exp(np.array([0.1, 0.5, -0.2]))
     gt = Trajectory(ts, np.array([_look_along_z(p) for p in 3.0 * scene.trajectory_xyz @ R.T]))
     channel = SnapshotChannel(maxsize=2)
-    publisher = SnapshotPublisher(channel, groundtruth=gt, max_rate_hz=0)  # no rate limit: every frame
+    publisher = SnapshotPublisher(channel, groundtruth=gt, max_rate_hz=0, cost_fraction=None)  # every frame
     system = _FakeSystem(scene)
     for i in range(100):
         publisher.on_frame(system, *system.step(i))
@@ -455,7 +455,7 @@ def test_publisher_builds_snapshots_from_a_running_system():
     assert snap.num_tracked == int(scene.tracked.sum()) and np.array_equal(snap.tracked, scene.tracked)
     assert snap.image is not None and snap.mask is not None
     assert snap.gt_xyz is not None and np.abs(snap.gt_xyz - scene.trajectory_xyz).max() < 1e-6
-    assert channel.dropped == 98
+    assert channel.total_put == 100 and channel.dropped == 99
 
     throttled = SnapshotPublisher(SnapshotChannel(), max_rate_hz=5.0)
     system = _FakeSystem(scene)
@@ -501,3 +501,70 @@ def test_run_with_viewer_writes_the_final_view(qt_display, tmp_path, monkeypatch
     std, frac = _content(img)
     assert std > 10 and frac > 0.03, f"final view looks blank: std {std:.1f}, {100 * frac:.1f}% drawn"
     assert _count_colour(img, (255, 209, 25)) > 100, "trajectory not visible in the final view"
+
+
+@pytest.mark.viewer
+def test_viewer_controls_pause_step_follow_and_screenshot(qt_display, tmp_path):
+    """Press the buttons of a live viewer: pause holds the producer, step lets one frame through."""
+    from pyqtgraph.Qt import QtCore, QtWidgets
+
+    from slam.viz.viewer import run_viewer
+
+    app, _ = qt_display
+    channel = SnapshotChannel()
+    stop = threading.Event()
+    control = PlaybackControl()
+    produced: list[int] = []
+    scene = synthetic_snapshot(n_points=2000, n_frames=60)
+
+    def produce():
+        for i in range(2, 400):
+            if not control.wait_turn(timeout=30):
+                break
+            produced.append(i)
+            channel.put(dataclasses.replace(scene, frame_index=i, trajectory_xyz=scene.trajectory_xyz[: i % 60 + 2]))
+            time.sleep(0.005)
+        stop.set()
+
+    log: dict = {}
+
+    def window_parts():
+        win = next(w for w in app.topLevelWidgets() if w.isVisible() and w.windowTitle() == "controls test")
+        buttons = {b.text(): b for b in win.findChildren(QtWidgets.QPushButton)}
+        follow = win.findChildren(QtWidgets.QCheckBox)[0]
+        return win, buttons, follow
+
+    def press_pause():
+        _, buttons, _ = window_parts()
+        buttons["Pause"].click()
+        log["after_pause"] = len(produced)
+
+    def check_paused_then_step():
+        _, buttons, _ = window_parts()
+        log["still_paused"] = len(produced)
+        log["resume_label"] = "Resume" in buttons
+        buttons["Step"].click()
+
+    def follow_and_screenshot():
+        win, buttons, follow = window_parts()
+        log["after_step"] = len(produced)
+        follow.setChecked(True)
+        buttons["Reset view"].click()
+        buttons["Screenshot"].click()
+        buttons["Resume"].click()
+
+    QtCore.QTimer.singleShot(300, press_pause)
+    QtCore.QTimer.singleShot(900, check_paused_then_step)
+    QtCore.QTimer.singleShot(1500, follow_and_screenshot)
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    run_viewer(channel, stop, snapshot_path=tmp_path / "end.png", title="controls test", control=control,
+               timeout_s=60, size=(900, 560))
+    producer.join(5)
+    assert log["resume_label"], "the Pause button did not turn into Resume"
+    assert log["still_paused"] - log["after_pause"] <= 1, "the producer kept going while paused"
+    assert log["after_step"] - log["still_paused"] == 1, "Step did not let exactly one frame through"
+    assert len(produced) == 398, "the producer did not run to the end after Resume"
+    shots = list(tmp_path.glob("slam_frame*.png"))
+    assert len(shots) == 1 and _content(_load_png(shots[0]))[0] > 10
+    assert (tmp_path / "end.png").is_file()

@@ -4,7 +4,8 @@ look-up, and grid bucketing for an even spatial distribution.
 Detectors are run with low thresholds so that they return more candidates than needed (typically 2-3x);
 :func:`select_grid` then keeps the strongest candidates of every grid cell in turn (round robin over the
 per-cell response ranks), so that a highly textured corner cannot take all the keypoints while a cell that
-has few candidates still keeps its best ones. Pure functions on arrays (OpenCV keypoints only in :func:`keypoint_arrays`).
+has few candidates still keeps its best ones. Pure functions on arrays (OpenCV keypoints only in
+:func:`keypoint_arrays`).
 """
 
 from __future__ import annotations

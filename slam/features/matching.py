@@ -44,17 +44,16 @@ def _as_matrix_operand(desc: np.ndarray, binary: bool) -> tuple[np.ndarray, np.n
     return x, np.einsum("ij,ij->i", x, x)
 
 
-def _block_distances(a: np.ndarray, na: np.ndarray, b: np.ndarray, nb: np.ndarray, binary: bool) -> np.ndarray:
-    d = na[:, None] + nb[None, :] - 2.0 * (a @ b.T)
-    np.maximum(d, 0.0, out=d)
-    return d if binary else np.sqrt(d, out=d)
-
-
 def distance_matrix(desc1: np.ndarray, desc2: np.ndarray, binary: bool) -> np.ndarray:
     """``(N, M)`` float32 distances between all rows of ``desc1 (N, D)`` and ``desc2 (M, D)``."""
     a, na = _as_matrix_operand(desc1, binary)
     b, nb = _as_matrix_operand(desc2, binary)
-    return _block_distances(a, na, b, nb, binary).astype(np.float32, copy=False)
+    d = a @ b.T
+    d *= -2.0
+    d += nb[None, :]
+    d += na[:, None]
+    np.maximum(d, 0.0, out=d)
+    return d if binary else np.sqrt(d, out=d)
 
 
 def descriptor_distance(a: np.ndarray, b: np.ndarray, binary: bool) -> np.ndarray:
@@ -67,10 +66,10 @@ def descriptor_distance(a: np.ndarray, b: np.ndarray, binary: bool) -> np.ndarra
 
 
 def nearest_two(desc1: np.ndarray, desc2: np.ndarray, binary: bool) -> tuple[np.ndarray, ...]:
-    """For every row of ``desc1 (N, D)``: nearest and second-nearest row of ``desc2 (M, D)``, and for every
-    row of ``desc2`` its nearest row of ``desc1``.
+    """For every row of ``desc1 (N, D)``: nearest and second-nearest row of ``desc2 (M, D)``; for every row of
+    ``desc2`` the distance to its nearest row of ``desc1``.
 
-    Returns ``(idx1 (N,) int64, dist1 (N,), dist2 (N,) (inf when M < 2), back (M,) int64)``.
+    Returns ``(idx1 (N,) int64, dist1 (N,), dist2 (N,) (inf when M < 2), col_min (M,))``, float32 distances.
     """
     n, m = len(desc1), len(desc2)
     a, na = _as_matrix_operand(desc1, binary)
@@ -78,25 +77,26 @@ def nearest_two(desc1: np.ndarray, desc2: np.ndarray, binary: bool) -> tuple[np.
     idx1 = np.zeros(n, np.int64)
     dist1 = np.full(n, np.inf, np.float32)
     dist2 = np.full(n, np.inf, np.float32)
-    col_best = np.full(m, np.inf, np.float32)
-    back = np.zeros(m, np.int64)
+    col_min = np.full(m, np.inf, np.float32)
     step = max(1, _BLOCK_ELEMENTS // max(m, 1))
     for start in range(0, n, step):  # blocks of rows, not a loop over descriptors
         stop = min(n, start + step)
-        d = _block_distances(a[start:stop], na[start:stop], b, nb, binary)
+        d = a[start:stop] @ b.T  # squared distances (L2) or Hamming distances, built in place
+        d *= -2.0
+        d += nb[None, :]
+        d += na[start:stop, None]
         rows = np.arange(stop - start)
         best = d.argmin(axis=1)
         idx1[start:stop] = best
         dist1[start:stop] = d[rows, best]
-        cbest = d.argmin(axis=0)
-        cval = d[cbest, np.arange(m)]
-        better = cval < col_best
-        col_best[better] = cval[better]
-        back[better] = cbest[better] + start
+        np.minimum(col_min, d.min(axis=0), out=col_min)
         if m >= 2:
             d[rows, best] = np.inf
             dist2[start:stop] = d.min(axis=1)
-    return idx1, dist1, dist2, back
+    if not binary:  # squared to plain L2 distances (monotonic: comparisons above are unaffected)
+        for v in (dist1, dist2, col_min):
+            np.sqrt(np.maximum(v, 0.0, out=v), out=v)
+    return idx1, dist1, dist2, col_min
 
 
 def match_descriptors(
@@ -112,22 +112,27 @@ def match_descriptors(
     A pair (i, j) is kept when j is i's nearest neighbour and
     - Lowe's ratio test: ``dist(i, j) < ratio * dist(i, second nearest)`` (skipped when ratio is None or >= 1;
       passes when desc2 has a single row),
-    - the mutual check (``mutual``): i is also j's nearest neighbour in desc1,
+    - the mutual check (``mutual``): i is also j's nearest neighbour in desc1 (on exact ties, common with
+      Hamming distances, the lowest i keeps j),
     - ``dist(i, j) <= max_distance`` when given.
 
     Returns ``(K, 2)`` int64 index pairs (row in desc1, row in desc2), ordered by the row in desc1.
     """
     if len(desc1) == 0 or len(desc2) == 0:
         return np.zeros((0, 2), np.int64)
-    idx1, dist1, dist2, back = nearest_two(desc1, desc2, binary)
+    idx1, dist1, dist2, col_min = nearest_two(desc1, desc2, binary)
     keep = np.ones(len(desc1), bool)
     if ratio is not None and ratio < 1.0:
         keep &= dist1 < ratio * dist2
-    if mutual:
-        keep &= back[idx1] == np.arange(len(desc1))
     if max_distance is not None:
         keep &= dist1 <= max_distance
-    rows = np.flatnonzero(keep)
+    if mutual:
+        keep &= dist1 <= col_min[idx1]
+        rows = np.flatnonzero(keep)
+        _, first = np.unique(idx1[rows], return_index=True)
+        rows = np.sort(rows[first])
+    else:
+        rows = np.flatnonzero(keep)
     return np.stack([rows, idx1[rows]], axis=1).astype(np.int64)
 
 

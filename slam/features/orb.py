@@ -1,11 +1,17 @@
 """ORB keypoints (OpenCV: FAST + Harris ranking, intensity-centroid orientation, rBRIEF) spread over a grid.
 
-:meth:`OrbExtractor.extract`: optional CLAHE -> ORB detection of ``oversample x num_features`` candidates over
-``orb_levels`` pyramid levels (scale ``orb_scale_factor``), inside the eroded mask -> keep ``num_features``
-spread over the ``grid_cols`` x ``grid_rows`` grid, each level keeping a share proportional to
-``orb_scale_factor ** -level`` (Harris scores of different levels are not comparable) -> descriptors of the kept keypoints only. Descriptors are
-``(N, 32)`` uint8 (256 packed bits, Hamming distance); ``Features.octaves`` is the pyramid level and
-``Features.scale_factor`` is ``orb_scale_factor``.
+:meth:`OrbExtractor.extract`: optional CLAHE -> ORB detection of ``oversample x num_features`` candidates
+over ``orb_levels`` pyramid levels (scale ``orb_scale_factor``) inside the eroded mask -> keep
+``num_features`` spread over the ``grid_cols`` x ``grid_rows`` grid, each level keeping a share proportional
+to ``orb_scale_factor ** -level`` (Harris scores of different levels are not comparable) -> descriptors of
+the kept keypoints only.
+
+As in ORB-SLAM, grid cells left with few candidates (low texture, or ORB's per-level budget spent on a
+textured region) are searched again with a lower FAST threshold (``0.4 x orb_fast_threshold``), restricted
+to those cells by a detection mask.
+
+Descriptors are ``(N, 32)`` uint8 (256 packed bits, Hamming distance); ``Features.octaves`` is the pyramid
+level and ``Features.scale_factor`` is ``orb_scale_factor``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from slam.config import FeatureConfig
 from slam.errors import ConfigError
 from slam.features.base import FeatureExtractor, Features
 from slam.features.grid import (
+    cell_index,
     check_config,
     check_gray,
     in_mask,
@@ -32,6 +39,8 @@ log = logging.getLogger(__name__)
 PATCH_SIZE = 31  # rBRIEF patch and orientation disc diameter (OpenCV's default, as in ORB-SLAM)
 HALF_PATCH = PATCH_SIZE // 2
 EDGE_THRESHOLD = 19  # no detection closer than this to the image border (OpenCV default 31 is wasteful)
+LOW_THRESHOLD_RATIO = 0.4  # second pass FAST threshold / orb_fast_threshold (ORB-SLAM: 7 / 20)
+SPARSE_CELL_RATIO = 0.5  # a cell with fewer candidates than this x its even share of num_features: second pass
 
 
 def _disc_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,8 +104,15 @@ class OrbExtractor(FeatureExtractor):
         self.cfg = cfg
         self.mask_margin_px = int(mask_margin_px)
         self.scale_factor = float(cfg.orb_scale_factor)
-        self._orb = cv2.ORB_create(
-            nfeatures=int(round(oversample * cfg.num_features)),
+        self.oversample = float(oversample)
+        self._orb = self._create(cfg, int(cfg.orb_fast_threshold))
+        self._orb_low = self._create(cfg, max(3, int(round(LOW_THRESHOLD_RATIO * cfg.orb_fast_threshold))))
+
+    def _create(self, cfg: FeatureConfig, fast_threshold: int):
+        import cv2
+
+        return cv2.ORB_create(
+            nfeatures=int(round(self.oversample * cfg.num_features)),
             scaleFactor=self.scale_factor,
             nlevels=int(cfg.orb_levels),
             edgeThreshold=EDGE_THRESHOLD,
@@ -104,7 +120,7 @@ class OrbExtractor(FeatureExtractor):
             WTA_K=2,
             scoreType=cv2.ORB_HARRIS_SCORE,
             patchSize=PATCH_SIZE,
-            fastThreshold=int(cfg.orb_fast_threshold),
+            fastThreshold=fast_threshold,
         )
 
     def _prepare(self, gray: np.ndarray) -> np.ndarray:
@@ -124,6 +140,35 @@ class OrbExtractor(FeatureExtractor):
         order = np.argsort(ids)
         return ids[order], np.ascontiguousarray(desc[order])
 
+    def _detect(self, img: np.ndarray, usable: np.ndarray | None) -> tuple[list, np.ndarray]:
+        """Candidate keypoints (a list of cv2.KeyPoint) and the indices of those inside ``usable``: one pass
+        with the configured FAST threshold, a second with the low one in the cells the first left sparse."""
+        import cv2
+
+        h, w = img.shape
+        cols, rows = self.cfg.grid_cols, self.cfg.grid_rows
+        kps = list(self._orb.detect(img, None if usable is None else usable.view(np.uint8)))
+        xy = cv2.KeyPoint_convert(kps).reshape(-1, 2) if kps else np.zeros((0, 2), np.float32)
+        inside = in_mask(xy, usable)
+        counts = np.bincount(cell_index(xy[inside], w, h, cols, rows), minlength=cols * rows)
+        share = self.cfg.num_features / (cols * rows)
+        sparse = (counts < SPARSE_CELL_RATIO * share).reshape(rows, cols)
+        if usable is not None:  # cells that are mostly masked out are not worth a second pass
+            usable_share = cv2.resize(usable.astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA)
+            sparse &= usable_share > 0.25
+        if not sparse.any():
+            return kps, np.flatnonzero(inside)
+        cell_mask = cv2.resize(sparse.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+        if usable is not None:
+            cell_mask &= usable
+        extra = list(self._orb_low.detect(img, cell_mask.view(np.uint8)))
+        xy_extra = cv2.KeyPoint_convert(extra).reshape(-1, 2) if extra else np.zeros((0, 2), np.float32)
+        first = np.flatnonzero(inside & ~in_mask(xy, cell_mask))  # the second pass replaces sparse cells
+        second = np.flatnonzero(in_mask(xy_extra, cell_mask))
+        merged = [kps[i] for i in first] + [extra[i] for i in second]
+        log.debug("orb: second pass in %d sparse cells found %d candidates", int(sparse.sum()), len(second))
+        return merged, np.arange(len(merged))
+
     def extract(self, gray: np.ndarray, mask: np.ndarray | None = None) -> Features:
         """Up to ``cfg.num_features`` ORB keypoints spread over the grid, inside the eroded ``mask``."""
         img = self._prepare(gray)
@@ -131,10 +176,8 @@ class OrbExtractor(FeatureExtractor):
         usable = prepare_mask(mask, (h, w), self.mask_margin_px)
         if usable is not None and not usable.any():
             return Features.empty(32, True, self.scale_factor)
-        cv_mask = None if usable is None else usable.view(np.uint8)
-        kps = self._orb.detect(img, cv_mask)
+        kps, keep = self._detect(img, usable)
         xy, size, angle, response, octave = keypoint_arrays(kps)
-        keep = np.flatnonzero(in_mask(xy, usable))
         quotas = level_quotas(self.cfg.num_features, self.cfg.orb_levels, self.scale_factor)
         chosen = keep[
             select_grid_levels(

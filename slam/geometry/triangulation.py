@@ -38,7 +38,8 @@ def triangulate(T_1w: np.ndarray, T_2w: np.ndarray, x1: np.ndarray, x2: np.ndarr
         No cheirality or reprojection check is made here (see :func:`check_triangulated`).
 
     Each view contributes the rows of ``[b]_x P X = 0`` (``b`` the unit ray, ``P = T_cw[:3]``); the
-    solution is the right singular vector of the stacked ``(6, 4)`` system, with rows unit-normalised.
+    solution is the null vector of the stacked ``(6, 4)`` system (rows unit-normalised), taken as the
+    eigenvector of the smallest eigenvalue of ``A^T A``.
     """
     b1, b2 = _bearings(x1), _bearings(x2)
     if len(b1) != len(b2):
@@ -58,8 +59,9 @@ def triangulate(T_1w: np.ndarray, T_2w: np.ndarray, x1: np.ndarray, x2: np.ndarr
 
     A = np.concatenate([rows(b1, P1), rows(b2, P2)], axis=1)  # (N, 6, 4)
     A /= np.maximum(np.linalg.norm(A, axis=2, keepdims=True), 1e-300)
-    _, _, Vt = np.linalg.svd(A)
-    Xh = Vt[:, -1, :]
+    # null vector = eigenvector of the smallest eigenvalue of A^T A (batched 4x4 eigh: ~2x faster than SVD)
+    _, V = np.linalg.eigh(np.einsum("nij,nik->njk", A, A))
+    Xh = V[:, :, 0]
     w = Xh[:, 3]
     with np.errstate(divide="ignore", invalid="ignore"):
         X = Xh[:, :3] / w[:, None]

@@ -123,7 +123,7 @@ def open_kitti(root: str | Path, calib: str | Path | None = None) -> ImageListRe
     else:
         P = read_projection(seq / "calib.txt")
         try:
-            camera = Camera(width, height, P[0, 0], P[1, 1], P[0, 2], P[1, 2])
+            camera = Camera(width, height, float(P[0, 0]), float(P[1, 1]), float(P[0, 2]), float(P[1, 2]))
         except CalibrationError as exc:
             raise CalibrationError(f"{seq / 'calib.txt'}: {exc}") from exc
     if (seq / "times.txt").is_file():

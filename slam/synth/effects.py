@@ -134,13 +134,15 @@ def defocus(image: np.ndarray, sigma: float) -> np.ndarray:
 def sensor(image: np.ndarray, rng: np.random.Generator, noise: float, usable: np.ndarray | None) -> np.ndarray:
     """Shot + read noise on linear values, clipping, gamma 1/2.2 and 8-bit quantisation.
 
-    Returns ``(H, W, 3)`` uint8 BGR; pixels outside ``usable (H, W)`` are a dark, slightly noisy border.
+    Returns ``(H, W, 3)`` uint8 BGR; pixels outside ``usable (H, W)`` are a black border with faint noise (0-4).
     """
     x = np.clip(image, 0.0, None)
     if noise > 0:
         sigma = noise * np.sqrt(2.5e-5 + 4e-4 * x)
         x = x + sigma * rng.standard_normal(x.shape, dtype=np.float32)
-    if usable is not None:
-        x[~usable] = np.abs(x[~usable]) * 0.05
     x = np.clip(x, 0.0, 1.0) ** (1.0 / 2.2)
-    return (x * 255.0 + 0.5).astype(np.uint8)
+    out = (x * 255.0 + 0.5).astype(np.uint8)
+    if usable is not None:
+        border = ~usable
+        out[border] = np.minimum(rng.poisson(0.3 * max(noise, 0.0), (int(border.sum()), 3)), 4).astype(np.uint8)
+    return out

@@ -135,8 +135,9 @@ class RoomPath:
         direction = 1.0 if rng.random() < 0.5 else -1.0
         var = SmoothNoise(rng, t0, t1, 30.0)
         if rotation_stretch:
-            ta, tb = 0.45 * frames, 0.62 * frames
-            ramp = max(1.5, 0.03 * frames)
+            ta = 0.45 * frames
+            tb = ta + max(0.17 * frames, min(15.0, 0.3 * frames))
+            ramp = min(max(1.5, 0.03 * frames), 0.25 * (tb - ta))
             stop = lambda t: smoothstep((t - ta) / ramp) * (1.0 - smoothstep((t - tb + ramp) / ramp))  # noqa: E731
         else:
             ta = tb = ramp = 0.0
@@ -152,8 +153,10 @@ class RoomPath:
         self._roll_amp = math.radians(roll_deg)
         self._jitter = (SmoothNoise(rng, t0, t1, 40.0), SmoothNoise(rng, t0, t1, 40.0), SmoothNoise(rng, t0, t1, 40.0))
         sweep = math.radians(rng.uniform(60.0, 100.0)) * (1.0 if rng.random() < 0.5 else -1.0)
+        turn = max(tb - ta - 2 * ramp, 1.0)
+        sweep = math.copysign(min(abs(sweep), math.radians(3.0) * turn), sweep)  # at most ~4.5 deg/frame
         if rotation_stretch:
-            self._sweep = lambda t: sweep * smoothstep((t - ta - 0.5 * ramp) / max(tb - ta - 2 * ramp, 1.0))
+            self._sweep = lambda t: sweep * smoothstep((t - ta - ramp) / turn)
         else:
             self._sweep = lambda t: np.zeros_like(np.asarray(t, np.float64))
         self.stretch = (ta, tb)
@@ -168,7 +171,7 @@ class RoomPath:
             self.height + 0.1 * np.tanh(self._jitter[1](tp)),
             self.center[2] + self.rz * np.sin(alpha) + 0.15 * np.tanh(self._jitter[2](tp)),
         ], axis=1)
-        yaw = alpha + 3.0 * self._wobble_amp * np.tanh(self._wobble[0](t)) + self._sweep(t)
+        yaw = self.alpha0 + 0.4 * (alpha - self.alpha0) + 3.0 * self._wobble_amp * np.tanh(self._wobble[0](t)) + self._sweep(t)
         pitch = -0.1 + self._wobble_amp * np.tanh(self._wobble[1](t))
         forward = np.stack([np.cos(yaw) * np.cos(pitch), np.sin(pitch), np.sin(yaw) * np.cos(pitch)], axis=1)
         up = np.tile([0.0, 1.0, 0.0], (len(t), 1))

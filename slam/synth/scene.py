@@ -139,7 +139,10 @@ def make_tube_shape(rng: np.random.Generator, s0: float, s1: float, radius: floa
         fold_s.append(s)
         s += spacing * rng.uniform(0.6, 1.4)
     k = len(fold_s)
-    nb = 6
+    # low-frequency bulges plus small bumps that break up the specular highlights
+    m = np.concatenate([rng.integers(1, 5, 6), rng.integers(5, 25, 24)]).astype(np.float64)
+    freq = np.concatenate([rng.uniform(0.3, 2.0, 6), rng.uniform(2.0, 12.0, 24)]) / radius
+    amp = np.concatenate([rng.uniform(0.005, 0.02, 6), rng.uniform(0.001, 0.004, 24)])
     return TubeShape(
         radius=radius,
         fold_s=np.asarray(fold_s),
@@ -147,10 +150,10 @@ def make_tube_shape(rng: np.random.Generator, s0: float, s1: float, radius: floa
         fold_width=radius * rng.uniform(0.06, 0.14, k),
         fold_phi=rng.uniform(0, 2 * math.pi, k),
         fold_sharp=rng.uniform(0.5, 3.0, k),
-        bump_amp=rng.uniform(0.005, 0.02, nb),
-        bump_freq=rng.uniform(0.3, 2.0, nb) / radius,
-        bump_m=rng.integers(1, 5, nb).astype(np.float64),
-        bump_phase=rng.uniform(0, 2 * math.pi, nb),
+        bump_amp=amp,
+        bump_freq=freq,
+        bump_m=m,
+        bump_phase=rng.uniform(0, 2 * math.pi, len(m)),
         lobe_amp=rng.uniform(0.02, 0.07),
         lobe_twist=rng.uniform(-0.3, 0.3) / radius,
     )

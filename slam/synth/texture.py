@@ -116,7 +116,7 @@ def mucosa_texture(
     if n_vessels > 0:
         vessels = draw_vessels(rng, shape, texel, n_vessels) * min(1.0, 0.5 + 0.5 * contrast)
         albedo *= 1.0 - vessels[..., None] * np.array([0.5, 0.65, 0.45], np.float32)[None, None, :]
-    wet = 0.55 + 0.45 * np.tanh(1.2 * spectral_noise(rng, shape, (2.0, 0.05 / texel), beta=0.5) + 0.4 * medium)
+    wet = 0.5 + 0.5 * np.tanh(1.5 * spectral_noise(rng, shape, (0.05 / texel, 0.6 / texel), beta=1.5) + 0.3 * medium)
     out = np.empty((rows, cols, 4), np.uint8)
     out[..., :3] = np.clip(albedo * 255.0 + 0.5, 0, 255).astype(np.uint8)
     out[..., 3] = np.clip(wet * 255.0 + 0.5, 0, 255).astype(np.uint8)

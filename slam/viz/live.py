@@ -3,7 +3,7 @@
 :class:`SnapshotPublisher` runs in the tracking thread (no Qt): after each frame it builds a
 :class:`ViewerSnapshot` and puts it into the drop-old channel. Copying the map (keyframes, points) takes
 the map locks, so it is done at most ``max_rate_hz`` times a second and never more often than keeps its
-cost under about a tenth of the tracking time; the camera path is kept incrementally. :func:`run_with_viewer`
+cost under ``cost_fraction`` (a tenth) of the tracking time; the camera path is kept incrementally. :func:`run_with_viewer`
 wires it to :func:`slam.runner.run_source` and :func:`slam.viz.viewer.run_viewer`.
 """
 
@@ -32,8 +32,12 @@ class SnapshotPublisher:
     """
 
     def __init__(self, channel: SnapshotChannel, groundtruth=None, max_rate_hz: float = 15.0,
-                 gt_period_s: float = 2.0) -> None:
+                 cost_fraction: float | None = 0.1, gt_period_s: float = 2.0) -> None:
+        """``max_rate_hz`` (0: no limit) and ``cost_fraction`` (the share of the tracking thread's time that
+        copying the map may take; None: no limit) bound how often a snapshot is built; the ground truth is
+        re-aligned every ``gt_period_s`` seconds."""
         self.channel = channel
+        self.cost_fraction = cost_fraction
         self.groundtruth = groundtruth
         self.min_interval = 1.0 / max_rate_hz if max_rate_hz > 0 else 0.0
         self.gt_period_s = gt_period_s
@@ -77,7 +81,8 @@ class SnapshotPublisher:
             self._times.append(float(fd.timestamp))
             self._centres.append(T_wc[:3, 3].copy())
         self._frame_part = self._frame_fields(system, fd, res)
-        if now - self._last_publish < max(self.min_interval, 10.0 * self._build_s):
+        cost_interval = self._build_s / self.cost_fraction if self.cost_fraction else 0.0
+        if now - self._last_publish < max(self.min_interval, cost_interval):
             return
         t0 = time.perf_counter()
         keyframes = system.keyframe_trajectory().T_wc
@@ -119,7 +124,7 @@ def run_with_viewer(source, cfg, out_dir: str | Path, snapshot: str | Path | Non
     Ctrl-C stops the run, whose outputs are still written.
     """
     from slam.runner import run_source
-    from slam.viz.viewer import run_viewer
+    from slam.viz.viewer import get_qapp, run_viewer
     from slam.viz.xvfb import ensure_display
 
     channel = SnapshotChannel(maxsize=2)
@@ -142,6 +147,7 @@ def run_with_viewer(source, cfg, out_dir: str | Path, snapshot: str | Path | Non
     worker = threading.Thread(target=work, name="slam-run", daemon=True)
     name = title or f"slam {getattr(source, 'name', '')}".strip()
     with ensure_display() if snapshot else contextlib.nullcontext():
+        get_qapp(name)  # Qt installed and a display there, before the run starts
         worker.start()
         try:
             run_viewer(channel, stop, snapshot_path=snapshot, title=name, exit_when_stopped=snapshot is not None,

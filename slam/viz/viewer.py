@@ -92,6 +92,7 @@ class ViewerWindow:
         pg, gl, QtCore, QtGui, QtWidgets = import_qt()
         self._pg, self._QtGui, self._QtCore = pg, QtGui, QtCore
         self.snapshot: ViewerSnapshot | None = None
+        self._extent: tuple[np.ndarray, float] = (np.zeros(3), 1.0)
         self.auto_fit = True
         self.follow = False
         self._view_set_by_us: tuple | None = None
@@ -191,7 +192,7 @@ class ViewerWindow:
         """Point the 3D view at the whole scene (oblique, from behind and above the first camera)."""
         if self.snapshot is None:
             return
-        centre, radius = scene.scene_extent(self.snapshot)
+        centre, radius = self._extent
         c = scene.to_display(centre)[0]
         self.view3d.setCameraPosition(pos=self._QtGui.QVector3D(float(c[0]), float(c[1]), float(c[2])),
                                       distance=2.3 * radius, elevation=28, azimuth=-62)
@@ -216,8 +217,7 @@ class ViewerWindow:
             c = scene.to_display(snap.T_wc[:3, 3])[0]
             self.view3d.setCameraPosition(pos=self._QtGui.QVector3D(float(c[0]), float(c[1]), float(c[2])))
             if self.auto_fit:
-                _, radius = scene.scene_extent(snap)
-                self.view3d.setCameraPosition(distance=1.2 * radius)
+                self.view3d.setCameraPosition(distance=1.2 * self._extent[1])
             self._view_set_by_us = self._camera_opts()
         elif self.auto_fit:
             self.fit_view()
@@ -226,6 +226,7 @@ class ViewerWindow:
     def draw(self, snap: ViewerSnapshot, paused: bool = False) -> None:
         """Show ``snap`` in the 3D view, the 2D panel and the status line."""
         self.snapshot = snap
+        self._extent = scene.scene_extent(snap)
         items = self._items
         if len(snap.points_xyz):
             finite = np.all(np.isfinite(snap.points_xyz), axis=1)
@@ -240,7 +241,7 @@ class ViewerWindow:
         aspect = 4.0 / 3.0
         if snap.image is not None and snap.image.shape[0] > 0:
             aspect = snap.image.shape[1] / snap.image.shape[0]
-        fscale = scene.frustum_scale(snap)
+        fscale = scene.frustum_scale(snap, self._extent[1])
         self._set_line("keyframes", scene.frustum_segments(snap.keyframe_T_wc, fscale, aspect), strip=False)
         cam = scene.frustum_segments(snap.T_wc, 1.6 * fscale, aspect) if snap.T_wc is not None else None
         self._set_line("camera", cam, strip=False)
@@ -454,12 +455,10 @@ def run_viewer(channel: SnapshotChannel, stop_event: threading.Event, snapshot_p
         shortcuts.append(sc)
 
     started = time.monotonic()
-    timed_out = []
 
     def tick() -> None:
         if timeout_s is not None and time.monotonic() - started > timeout_s and not live.finished:
             log.warning("viewer: no end of run after %.0f s, closing", timeout_s)
-            timed_out.append(True)
             live.finished = True
             live.exit_when_stopped = True
             live.finish()
