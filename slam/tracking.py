@@ -106,6 +106,7 @@ class Tracker:
         self._ref_kf: KeyFrame | None = None
         self._last_kf: KeyFrame | None = None
         self._frames_since_kf = 0
+        self._tracked_at_last_kf = 0
         self._lost_in_row = 0
         self._last_good_T_wc: np.ndarray | None = None
         self._last_good_depth: float | None = None
@@ -220,6 +221,7 @@ class Tracker:
         self._ref_kf = kf1
         self._last_kf = kf1
         self._frames_since_kf = 0
+        self._tracked_at_last_kf = kf1.num_tracked_points(the_map)
         self._last = cur
         self._velocity = None
         self.mapper.insert(kf0)
@@ -290,23 +292,23 @@ class Tracker:
         self.records.append(FrameRecord(frame.index, frame.timestamp, self.map.id, ref_kf, T_c_ref))
 
     def _need_keyframe(self, frame: Frame, num_tracked: int) -> bool:
+        """A new keyframe when the points tracked fall below a share of those tracked at the last keyframe.
+
+        Comparing with what the last keyframe's own frame tracked (not with all the points the mapper
+        later gave it) keeps the rate independent of how many points triangulation adds.
+        """
         t = self.tcfg
-        if self._ref_kf is None:
+        if self._last_kf is None:
             return True
         if num_tracked < t.min_tracked_points:
             return False
         since = self._frames_since_kf
         if since < t.keyframe_min_frames:
             return False
-        with self.map.lock:
-            ref_points = self._ref_kf.num_tracked_points(self.map, min_observations=2)
-        weak = num_tracked < t.keyframe_tracked_ratio * ref_points or num_tracked < t.keyframe_min_tracked
-        overdue = since >= t.keyframe_max_frames
-        if overdue:
+        if since >= t.keyframe_max_frames:
             return True
-        if weak and (self.mapper.idle or num_tracked < 0.5 * t.keyframe_min_tracked or since >= 3):
-            return True
-        return False
+        weak = num_tracked < t.keyframe_tracked_ratio * self._tracked_at_last_kf or num_tracked < t.keyframe_min_tracked
+        return bool(weak and (self.mapper.idle or since >= 3 or num_tracked < t.keyframe_min_tracked))
 
     def _insert_keyframe(self, frame: Frame) -> KeyFrame:
         with self.map.lock:
@@ -322,6 +324,7 @@ class Tracker:
         self._last_kf = kf
         self._ref_kf = kf
         self._frames_since_kf = 0
+        self._tracked_at_last_kf = frame.num_matched
         return kf
 
     # =============================================================================== tracking

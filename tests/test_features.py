@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from slam.config import FeatureConfig
 from slam.errors import ConfigError, DependencyError, InputError
 from slam.features.base import Features
 from slam.features.factory import create_extractor
-from slam.features.grid import cell_index, level_quotas, prepare_mask, select_grid, select_grid_levels
+from slam.features.grid import cell_index, level_shares, prepare_mask, select_grid, select_grid_levels
 from slam.features.matching import (
     default_max_distance,
     descriptor_distance,
@@ -75,9 +77,9 @@ def test_extract_count_types_and_levels(kind, image):
         assert feats.descriptors.shape == (len(feats), 32) and feats.descriptors.dtype == np.uint8
         assert feats.binary and feats.scale_factor == pytest.approx(1.2)
         assert feats.octaves.max() <= 7
-        # the finest level keeps the largest share (quota proportional to 1.2 ** -level)
+        # the finest level keeps the largest share (proportional to 1.2 ** -level)
         counts = np.bincount(feats.octaves, minlength=8)
-        assert counts[0] == counts.max()
+        assert counts[0] == counts.max() and counts[0] > 1.5 * counts[7]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -99,11 +101,14 @@ def test_extract_honours_mask_and_erodes_its_border(kind, image):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_grid_spreads_keypoints_away_from_a_textured_corner(kind):
-    rng = np.random.default_rng(3)
-    flat = cv2.GaussianBlur(rng.normal(128, 6, (H, W)).astype(np.float32), (0, 0), 2.0)
-    img = np.clip(flat, 0, 255).astype(np.uint8)
+    faint = 128 + (textured_image(seed=7).astype(np.float32) - 128) * 0.1  # faint texture, +-13 grey levels
+    img = np.clip(faint, 0, 255).astype(np.uint8)
     img[: H // 2, : W // 2] = textured_image(W // 2, H // 2, seed=5)  # one highly textured quadrant
     cfg = FeatureConfig(type=kind, num_features=600)
+    # the plain detectors put (nearly) all their keypoints in the textured quadrant
+    plain = cv2.ORB_create(600) if kind == "orb" else cv2.SIFT_create(600, 3, cfg.sift_contrast_threshold)
+    plain_xy = cv2.KeyPoint_convert(plain.detect(img, None))
+    assert np.mean((plain_xy[:, 0] < W / 2) & (plain_xy[:, 1] < H / 2)) > 0.9
     feats = create_extractor(cfg).extract(img)
     in_corner = np.mean((feats.keypoints[:, 0] < W / 2) & (feats.keypoints[:, 1] < H / 2))
     cells = cell_index(feats.keypoints, W, H, cfg.grid_cols, cfg.grid_rows)
@@ -130,13 +135,23 @@ def test_select_grid_round_robin():
     # fewer candidates than asked: all of them, strongest first
     few = select_grid(xy[:5], resp[:5], 10, 100, 100, 4, 4)
     np.testing.assert_array_equal(few, np.argsort(-resp[:5]))
-    # per-level quotas; a level that cannot fill its quota gives the rest to the others
-    quotas = level_quotas(100, 3, 1.2)
-    assert quotas.sum() == 100 and quotas[0] > quotas[1] > quotas[2]
-    levels = np.r_[np.zeros(900, int), np.ones(145, int), np.full(5, 2)]
-    chosen = select_grid_levels(xy, resp, levels, quotas, 100, 100, 4, 4)
+    # several pyramid levels: within a cell they are taken in proportion to their shares, whatever the
+    # responses (coarse levels here have the larger ones), and cells are still served in turn
+    shares = level_shares(3, 1.2)
+    assert shares.sum() == pytest.approx(1.0) and shares[0] > shares[1] > shares[2]
+    pts = rng.uniform(0, 50, (900, 2))  # all in cell (0, 0) of a 2x2 grid on 100x100
+    lv = np.repeat([0, 1, 2], 300)
+    resp3 = rng.uniform(0, 1, 900) + lv
+    chosen = select_grid_levels(pts, resp3, lv, shares, 100, 100, 100, 2, 2)
     assert len(chosen) == 100 and len(np.unique(chosen)) == 100
-    assert np.sum(levels[chosen] == 2) == 5
+    np.testing.assert_allclose(np.bincount(lv[chosen], minlength=3), 100 * shares, atol=1.0)
+    for level in range(3):  # the strongest of each level
+        mine = chosen[lv[chosen] == level]
+        assert resp3[mine].min() >= np.sort(resp3[lv == level])[-len(mine)]
+    other = np.concatenate([pts, rng.uniform(50, 100, (60, 2))])  # 60 level-2 candidates in cell (1, 1)
+    chosen = select_grid_levels(other, np.r_[resp3, rng.uniform(0, 1, 60)], np.r_[lv, np.full(60, 2)], shares,
+                                100, 100, 100, 2, 2)
+    assert np.sum(chosen >= 900) == 50
 
 
 def test_prepare_mask_erodes_only_the_mask_border():
@@ -364,12 +379,15 @@ def test_factory_types_and_errors():
         create_extractor(FeatureConfig(type="orb", orb_scale_factor=1.0))
     with pytest.raises(InputError):
         create_extractor(FeatureConfig()).extract(np.zeros((10, 10), np.float32))
-    try:
-        sp = create_extractor(FeatureConfig(type="superpoint"))
-    except DependencyError as exc:
-        assert "superpoint" in str(exc).lower()
-    else:
-        assert sp.name == "superpoint"
+    for kind in KINDS:  # a blank image has no keypoints
+        blank = create_extractor(FeatureConfig(type=kind)).extract(np.full((120, 160), 90, np.uint8))
+        assert len(blank) == 0 and blank.descriptors.shape[1] in (32, 128)
+
+
+def test_factory_superpoint_unavailable(monkeypatch):
+    monkeypatch.setitem(sys.modules, "slam.features.superpoint", None)  # as if the module were absent
+    with pytest.raises(DependencyError, match="superpoint"):
+        create_extractor(FeatureConfig(type="superpoint"))
 
 
 def test_real_endoscopy_frame_with_mask():

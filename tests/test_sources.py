@@ -503,7 +503,8 @@ def test_endoslam_reader(tmp_path, table):
     X_w = point_in_front(T_wc[0], depth=0.08)
     for n, T in zip(numbers, T_wc):
         T_cw = np.linalg.inv(T)
-        uv, _ = cv2.projectPoints((T_cw[:3, :3] @ X_w + T_cw[:3, 3]).reshape(1, 1, 3), np.zeros(3), np.zeros(3), K, dist)
+        X_c = T_cw[:3, :3] @ X_w + T_cw[:3, 3]
+        uv, _ = cv2.projectPoints(X_c.reshape(1, 1, 3), np.zeros(3), np.zeros(3), K, dist)
         cv2.imwrite(str(traj / "Frames" / f"frame_{n:06d}.jpg"), draw_dot((640, 360), uv.reshape(2)),
                     [cv2.IMWRITE_JPEG_QUALITY, 98])
     header = ["", "ImageFrame", "Pose_Index", "trans_x", "trans_y", "trans_z", "quot_x", "quot_y", "quot_z", "quot_w"]

@@ -105,6 +105,16 @@ def cell_index(xy: np.ndarray, width: int, height: int, cols: int, rows: int) ->
     return cy * cols + cx
 
 
+def _rank_in_group(group: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``(N,)`` position of each element within its group, given ``order`` sorting by group first."""
+    n = len(group)
+    sorted_group = group[order]
+    first = np.r_[0, np.flatnonzero(np.diff(sorted_group)) + 1]
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n) - np.repeat(first, np.diff(np.r_[first, n]))
+    return rank
+
+
 def select_grid(
     xy: np.ndarray,
     responses: np.ndarray,
@@ -132,52 +142,40 @@ def select_grid(
     if n <= num:
         return np.argsort(-responses, kind="stable").astype(np.int64)
     cell = cell_index(xy, width, height, cols, rows)
-    order = np.lexsort((-responses, cell))  # by cell, then by decreasing response
-    sorted_cell = cell[order]
-    first = np.r_[0, np.flatnonzero(np.diff(sorted_cell)) + 1]
-    group_start = np.repeat(first, np.diff(np.r_[first, n]))
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n) - group_start
-    chosen = np.lexsort((-responses, rank))[:num]
-    return chosen.astype(np.int64)
+    rank = _rank_in_group(cell, np.lexsort((-responses, cell)))  # by cell, then by decreasing response
+    return np.lexsort((-responses, rank))[:num].astype(np.int64)
 
 
-def level_quotas(num: int, levels: int, scale_factor: float) -> np.ndarray:
-    """``(levels,)`` int64 keypoints per pyramid level, proportional to ``scale_factor ** -level`` (as ORB and
-    ORB-SLAM share them out), summing to ``num``."""
+def level_shares(levels: int, scale_factor: float) -> np.ndarray:
+    """``(levels,)`` share of keypoints per pyramid level, proportional to ``scale_factor ** -level`` (as ORB
+    and ORB-SLAM share them out), summing to 1."""
     share = scale_factor ** -np.arange(levels, dtype=np.float64)
-    quota = np.floor(num * share / share.sum()).astype(np.int64)
-    quota[0] += num - quota.sum()
-    return quota
+    return share / share.sum()
 
 
 def select_grid_levels(
     xy: np.ndarray,
     responses: np.ndarray,
     levels: np.ndarray,
-    quotas: np.ndarray,
+    shares: np.ndarray,
+    num: int,
     width: int,
     height: int,
     cols: int,
     rows: int,
 ) -> np.ndarray:
-    """:func:`select_grid` per pyramid level with ``quotas[level]`` keypoints each; the quota a level cannot
-    fill goes to the best remaining candidates of any level (again spread over the grid).
+    """:func:`select_grid` for keypoints of several pyramid levels whose responses are not comparable.
 
-    Responses of different levels are not compared directly (a coarse level's corner scores are larger),
-    so the fine levels, which localise best, keep their share. Returns ``(K,)`` int64 indices,
-    K = min(N, quotas.sum()).
+    Across cells it is the same round robin; within a cell the candidates are taken level by level in
+    proportion to ``shares`` (``(L,)``, e.g. :func:`level_shares`), strongest first within a level, so the
+    fine levels, which localise best, keep their share wherever there are candidates for them.
+    ``levels`` is ``(N,)`` int in ``[0, L)``. Returns ``(K,)`` int64 indices, K = min(N, num).
     """
-    chosen = []
-    for level, quota in enumerate(quotas):
-        sel = np.flatnonzero(levels == level)
-        if len(sel) and quota > 0:
-            chosen.append(sel[select_grid(xy[sel], responses[sel], int(quota), width, height, cols, rows)])
-    picked = np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
-    missing = int(quotas.sum()) - len(picked)
-    if missing > 0:
-        rest = np.setdiff1d(np.arange(len(xy)), picked)
-        if len(rest):
-            extra = rest[select_grid(xy[rest], responses[rest], missing, width, height, cols, rows)]
-            picked = np.concatenate([picked, extra])
-    return picked.astype(np.int64)
+    n = len(xy)
+    levels = np.asarray(levels, np.int64)
+    cell = cell_index(xy, width, height, cols, rows)
+    group = cell * len(shares) + levels
+    rank_level = _rank_in_group(group, np.lexsort((-responses, group)))
+    priority = (rank_level + 0.5) / np.asarray(shares, np.float64)[levels]  # order of taking within a cell
+    rank_cell = _rank_in_group(cell, np.lexsort((-responses, priority, cell)))
+    return np.lexsort((priority, rank_cell))[: min(n, num)].astype(np.int64)

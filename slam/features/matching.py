@@ -220,6 +220,8 @@ def search_by_projection(
     if ratio is not None and ratio < 1.0:
         accept &= best_d < ratio * second_d
     best_p, best_k, best_d = best_p[accept], best_k[accept], best_d[accept]
+    if len(best_p) == 0:
+        return result
     # one keypoint per map point: the closest descriptor wins
     order = np.lexsort((best_d, best_k))
     best_p, best_k = best_p[order], best_k[order]

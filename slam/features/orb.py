@@ -2,13 +2,14 @@
 
 :meth:`OrbExtractor.extract`: optional CLAHE -> ORB detection of ``oversample x num_features`` candidates
 over ``orb_levels`` pyramid levels (scale ``orb_scale_factor``) inside the eroded mask -> keep
-``num_features`` spread over the ``grid_cols`` x ``grid_rows`` grid, each level keeping a share proportional
-to ``orb_scale_factor ** -level`` (Harris scores of different levels are not comparable) -> descriptors of
-the kept keypoints only.
+``num_features`` spread over the ``grid_cols`` x ``grid_rows`` grid, the levels within each cell in
+proportion to ``orb_scale_factor ** -level`` (Harris scores of different levels are not comparable) ->
+descriptors of the kept keypoints only.
 
 As in ORB-SLAM, grid cells left with few candidates (low texture, or ORB's per-level budget spent on a
-textured region) are searched again with a lower FAST threshold (``0.4 x orb_fast_threshold``), restricted
-to those cells by a detection mask.
+textured region) are searched again with a lower FAST threshold (``0.4 x orb_fast_threshold``); to stay
+fast this second pass runs plain FAST on the full-resolution image only (its corners get level 0 and ORB's
+intensity-centroid orientation).
 
 Descriptors are ``(N, 32)`` uint8 (256 packed bits, Hamming distance); ``Features.octaves`` is the pyramid
 level and ``Features.scale_factor`` is ``orb_scale_factor``.
@@ -29,8 +30,9 @@ from slam.features.grid import (
     check_gray,
     in_mask,
     keypoint_arrays,
-    level_quotas,
+    level_shares,
     prepare_mask,
+    select_grid,
     select_grid_levels,
 )
 
@@ -64,12 +66,14 @@ def intensity_centroid_angle(level_img: np.ndarray, xy_level: np.ndarray, radius
     import cv2
 
     pad = radius + 1
-    padded = cv2.copyMakeBorder(level_img, pad, pad, pad, pad, cv2.BORDER_REFLECT_101).astype(np.float32)
+    padded = cv2.copyMakeBorder(level_img, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
     du, dv = _disc_offsets(radius)
     c = np.rint(xy_level).astype(np.int64) + pad
     c[:, 0] = np.clip(c[:, 0], pad, padded.shape[1] - 1 - pad)
     c[:, 1] = np.clip(c[:, 1], pad, padded.shape[0] - 1 - pad)
-    values = padded[c[:, 1:2] + dv[None], c[:, 0:1] + du[None]]  # (N, S)
+    stride = padded.shape[1]
+    flat = (c[:, 1] * stride + c[:, 0])[:, None] + (dv * stride + du)[None, :]
+    values = padded.ravel().take(flat).astype(np.float32)  # (N, S) disc pixels
     m10 = values @ du.astype(np.float32)
     m01 = values @ dv.astype(np.float32)
     return (np.degrees(np.arctan2(m01, m10)) % 360.0).astype(np.float32)
@@ -89,7 +93,7 @@ class OrbExtractor(FeatureExtractor):
     binary = True
     descriptor_dim = 32
 
-    def __init__(self, cfg: FeatureConfig, oversample: float = 2.5, mask_margin_px: int = 4) -> None:
+    def __init__(self, cfg: FeatureConfig, oversample: float = 2.0, mask_margin_px: int = 4) -> None:
         import cv2
 
         check_config(cfg)
@@ -106,7 +110,8 @@ class OrbExtractor(FeatureExtractor):
         self.scale_factor = float(cfg.orb_scale_factor)
         self.oversample = float(oversample)
         self._orb = self._create(cfg, int(cfg.orb_fast_threshold))
-        self._orb_low = self._create(cfg, max(3, int(round(LOW_THRESHOLD_RATIO * cfg.orb_fast_threshold))))
+        low = max(3, int(round(LOW_THRESHOLD_RATIO * cfg.orb_fast_threshold)))
+        self._fast_low = cv2.FastFeatureDetector_create(low, True, cv2.FAST_FEATURE_DETECTOR_TYPE_9_16)
 
     def _create(self, cfg: FeatureConfig, fast_threshold: int):
         import cv2
@@ -141,8 +146,12 @@ class OrbExtractor(FeatureExtractor):
         return ids[order], np.ascontiguousarray(desc[order])
 
     def _detect(self, img: np.ndarray, usable: np.ndarray | None) -> tuple[list, np.ndarray]:
-        """Candidate keypoints (a list of cv2.KeyPoint) and the indices of those inside ``usable``: one pass
-        with the configured FAST threshold, a second with the low one in the cells the first left sparse."""
+        """Candidate keypoints inside ``usable``: a list of cv2.KeyPoint and ``(N,)`` bool, True for fill-in
+        corners.
+
+        ORB runs with the configured FAST threshold; grid cells it leaves with few candidates are then filled
+        with FAST corners of the full-resolution image found with the low threshold (angles still unset).
+        """
         import cv2
 
         h, w = img.shape
@@ -150,46 +159,68 @@ class OrbExtractor(FeatureExtractor):
         kps = list(self._orb.detect(img, None if usable is None else usable.view(np.uint8)))
         xy = cv2.KeyPoint_convert(kps).reshape(-1, 2) if kps else np.zeros((0, 2), np.float32)
         inside = in_mask(xy, usable)
-        counts = np.bincount(cell_index(xy[inside], w, h, cols, rows), minlength=cols * rows)
-        share = self.cfg.num_features / (cols * rows)
-        sparse = (counts < SPARSE_CELL_RATIO * share).reshape(rows, cols)
+        if not inside.all():
+            kps = [kps[i] for i in np.flatnonzero(inside)]
+            xy = xy[inside]
+        counts = np.bincount(cell_index(xy, w, h, cols, rows), minlength=cols * rows)
+        sparse = (counts < SPARSE_CELL_RATIO * self.cfg.num_features / (cols * rows)).reshape(rows, cols)
         if usable is not None:  # cells that are mostly masked out are not worth a second pass
             usable_share = cv2.resize(usable.astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA)
             sparse &= usable_share > 0.25
         if not sparse.any():
-            return kps, np.flatnonzero(inside)
+            return kps, np.zeros(len(kps), bool)
         cell_mask = cv2.resize(sparse.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
         if usable is not None:
             cell_mask &= usable
-        extra = list(self._orb_low.detect(img, cell_mask.view(np.uint8)))
+        extra = self._fast_low.detect(img, None)
         xy_extra = cv2.KeyPoint_convert(extra).reshape(-1, 2) if extra else np.zeros((0, 2), np.float32)
-        first = np.flatnonzero(inside & ~in_mask(xy, cell_mask))  # the second pass replaces sparse cells
-        second = np.flatnonzero(in_mask(xy_extra, cell_mask))
-        merged = [kps[i] for i in first] + [extra[i] for i in second]
-        log.debug("orb: second pass in %d sparse cells found %d candidates", int(sparse.sum()), len(second))
-        return merged, np.arange(len(merged))
+        ok = in_mask(xy_extra, cell_mask)
+        ok &= (xy_extra[:, 0] >= EDGE_THRESHOLD) & (xy_extra[:, 0] < w - EDGE_THRESHOLD)
+        ok &= (xy_extra[:, 1] >= EDGE_THRESHOLD) & (xy_extra[:, 1] < h - EDGE_THRESHOLD)
+        # drop fill-in corners on the same pixel as a first-pass level-0 keypoint
+        level0 = np.fromiter((k.octave == 0 for k in kps), bool, len(kps))
+        taken = np.rint(xy[level0]).astype(np.int64) @ np.array([1, w])
+        ok &= ~np.isin(np.rint(xy_extra).astype(np.int64) @ np.array([1, w]), taken)
+        second = np.flatnonzero(ok)
+        # keep only the strongest fill-in corners per cell, at most an even share each (bounds the work below)
+        if len(second) > 0:
+            score = np.fromiter((extra[i].response for i in second), np.float32, len(second))
+            cap = int(np.ceil(self.cfg.num_features / (cols * rows))) * int(sparse.sum())
+            second = second[select_grid(xy_extra[second], score, cap, w, h, cols, rows)]
+        log.debug("orb: %d sparse cells, %d fill-in FAST corners", int(sparse.sum()), len(second))
+        return kps + [extra[i] for i in second], np.r_[np.zeros(len(kps), bool), np.ones(len(second), bool)]
 
     def extract(self, gray: np.ndarray, mask: np.ndarray | None = None) -> Features:
-        """Up to ``cfg.num_features`` ORB keypoints spread over the grid, inside the eroded ``mask``."""
+        """Up to ``cfg.num_features`` ORB keypoints spread over the grid, inside the eroded ``mask``.
+
+        ``responses`` are ORB's Harris scores; fill-in FAST corners report ``1e-6 x`` their FAST score, and
+        within a grid cell they are only taken after all Harris-ranked candidates.
+        """
         img = self._prepare(gray)
         h, w = img.shape
         usable = prepare_mask(mask, (h, w), self.mask_margin_px)
         if usable is not None and not usable.any():
             return Features.empty(32, True, self.scale_factor)
-        kps, keep = self._detect(img, usable)
+        kps, fill = self._detect(img, usable)
         xy, size, angle, response, octave = keypoint_arrays(kps)
-        quotas = level_quotas(self.cfg.num_features, self.cfg.orb_levels, self.scale_factor)
-        chosen = keep[
-            select_grid_levels(
-                xy[keep], response[keep], octave[keep], quotas, w, h, self.cfg.grid_cols, self.cfg.grid_rows
-            )
-        ]
+        response[fill] *= 1e-6
+        rank_key = np.where(fill, response - 1.0, response)  # fill-in corners rank below ORB's
+        shares = level_shares(self.cfg.orb_levels, self.scale_factor)
+        chosen = select_grid_levels(
+            xy, rank_key, octave, shares, self.cfg.num_features, w, h, self.cfg.grid_cols, self.cfg.grid_rows
+        )
+        filled = chosen[fill[chosen]]
+        if len(filled):
+            size[filled] = PATCH_SIZE
+            angle[filled] = intensity_centroid_angle(img, xy[filled])
         selected = [kps[i] for i in chosen]
-        for i, k in enumerate(selected):
+        for i, (k, j) in enumerate(zip(selected, chosen)):
             k.class_id = i
+            if fill[j]:
+                k.angle, k.size, k.octave = float(angle[j]), float(PATCH_SIZE), 0
         ids, desc = self._compute(img, selected)
         idx = chosen[ids]
-        log.debug("orb: %d candidates, %d in mask, %d described", len(kps), len(keep), len(idx))
+        log.debug("orb: %d candidates (%d fill-in), %d described", len(kps), int(fill.sum()), len(idx))
         return Features(
             keypoints=xy[idx],
             descriptors=desc,

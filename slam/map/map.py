@@ -60,7 +60,7 @@ class KeyFrame:
     @property
     def center(self) -> np.ndarray:
         """Camera centre in the world frame, ``(3,)``."""
-        return self.T_wc[:3, 3]
+        return -self.T_cw[:3, :3].T @ self.T_cw[:3, 3]
 
     def current_T_cw(self) -> np.ndarray:
         """Pose of this keyframe, following the parent chain when it was culled."""

@@ -356,7 +356,8 @@ def is_hamlyn(root: Path) -> bool:
 def read_matrix_intrinsics(path: Path, width: int, height: int) -> Camera:
     """``intrinsics.txt`` holding a 3x3 K or a 3x4 P matrix (row-major); no distortion (rectified)."""
     try:
-        tokens = path.read_text(encoding="utf-8", errors="replace").replace(",", " ").replace("[", " ").replace("]", " ").split()
+        text = path.read_text(encoding="utf-8", errors="replace")
+        tokens = re.sub(r"[,\[\];]", " ", text).split()
         values = np.array([float(t) for t in tokens])
     except ValueError as exc:
         raise CalibrationError(f"{path}: cannot parse intrinsics (expected a 3x3 or 3x4 matrix of numbers)") from exc
@@ -389,5 +390,8 @@ def open_hamlyn(root: str | Path, calib: str | Path | None = None) -> ImageListR
     if not paths:
         raise InputError(f"{image_dir}: folder has no image files")
     width, height = first_readable_size(paths, str(image_dir))
-    camera = load_calibration(calib, width, height) if calib else read_matrix_intrinsics(seq / "intrinsics.txt", width, height)
+    if calib:
+        camera = load_calibration(calib, width, height)
+    else:
+        camera = read_matrix_intrinsics(seq / "intrinsics.txt", width, height)
     return ImageListReader(f"hamlyn:{seq.name}", paths, camera, None, None, None)

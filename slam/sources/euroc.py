@@ -48,7 +48,9 @@ def _read_csv_rows(path: Path, min_cols: int) -> list[list[str]]:
             if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
                 continue
             if len(row) < min_cols:
-                raise InputError(f"{path}:{lineno}: expected at least {min_cols} comma-separated columns, got {len(row)}")
+                raise InputError(
+                    f"{path}:{lineno}: expected at least {min_cols} comma-separated columns, got {len(row)}"
+                )
             rows.append([c.strip() for c in row])
     if not rows:
         raise InputError(f"{path}: no rows")

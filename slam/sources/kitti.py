@@ -34,7 +34,9 @@ def find_sequence_dir(root: Path) -> Path | None:
     if (root / CAMERA_DIR).is_dir():
         return root
     seqs_dir = root / "sequences" if (root / "sequences").is_dir() else root
-    candidates = sorted(p for p in seqs_dir.iterdir() if p.is_dir() and (p / CAMERA_DIR).is_dir()) if seqs_dir.is_dir() else []
+    if not seqs_dir.is_dir():
+        return None
+    candidates = sorted(p for p in seqs_dir.iterdir() if p.is_dir() and (p / CAMERA_DIR).is_dir())
     if not candidates:
         return None
     if len(candidates) > 1:

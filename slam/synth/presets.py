@@ -161,7 +161,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "room": (
         "textured box room with furniture; the camera translates, rotates and at times rotates in place",
-        {"scene": "room", "fov_deg": 70.0, "speed": 0.035, "wobble_deg": 6.0, "roll_deg": 4.0,
+        {"scene": "room", "fov_deg": 70.0, "speed": 0.045, "wobble_deg": 6.0, "roll_deg": 4.0,
          "vignetting": 0.15, "noise": 0.6, "specular": 0.0},
     ),
 }
