@@ -67,8 +67,8 @@ class System:
         self.timer = StageTimer()
         self.extractor = create_extractor(cfg.features, device=self.device)
         self.maps: list[Map] = []
-        scale_factor = float(cfg.features.orb_scale_factor) if self.extractor.binary else 2.0
-        levels = int(cfg.features.orb_levels) if self.extractor.binary else 8
+        scale_factor = float(getattr(self.extractor, "scale_factor", 2.0))
+        levels = int(getattr(self.extractor, "num_levels", 8))
         core = LocalMapper(cfg, camera, lambda: self.tracker.map, self.timer, scale_factor, levels)
         self.mapper = core if cfg.system.sync else LocalMapperThread(core)
         self.preprocessor = FramePreprocessor(cfg, camera, self.extractor, mask)

@@ -111,7 +111,7 @@ class Tracker:
         self._last_good_T_wc: np.ndarray | None = None
         self._last_good_depth: float | None = None
         self._local_kfs: list[KeyFrame] = []
-        self.max_levels = int(cfg.features.orb_levels) if extractor.binary else 8
+        self.max_levels = int(getattr(extractor, "num_levels", 8))
 
     # =============================================================================== public
     def track(self, frame: Frame) -> TrackResult:
@@ -269,7 +269,7 @@ class Tracker:
         self.map = self._new_map(reuse_id=self.map.id)
 
     def extractor_scale_factor(self) -> float:
-        return float(self.cfg.features.orb_scale_factor) if self.extractor.binary else 2.0
+        return float(getattr(self.extractor, "scale_factor", 2.0))
 
     # =============================================================================== keyframes
     def _make_keyframe(self, frame: Frame, T_cw: np.ndarray) -> KeyFrame:

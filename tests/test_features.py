@@ -65,6 +65,7 @@ def test_extract_count_types_and_levels(kind, image):
     assert feats.octaves.dtype == np.int32 and feats.octaves.min() >= 0
     assert len(np.unique(feats.octaves)) >= 4  # several scales are used
     assert np.all((feats.keypoints >= 0) & (feats.keypoints <= [W - 1, H - 1]))
+    assert feats.scale_factor == pytest.approx(ex.scale_factor) and feats.octaves.max() < ex.num_levels
     if kind == "sift":
         assert feats.descriptors.shape == (len(feats), 128) and feats.descriptors.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(feats.descriptors, axis=1), 1.0, atol=1e-4)

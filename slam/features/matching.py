@@ -29,7 +29,10 @@ _BLOCK_ELEMENTS = 1 << 22  # distance-matrix entries computed at once (16 MiB of
 
 
 def default_max_distance(binary: bool, strict: bool = False) -> float:
-    """The documented distance threshold: ORB Hamming 50 (strict) / 100, RootSIFT L2 0.35 (strict) / 0.5."""
+    """The documented distance threshold: ORB Hamming 50 (strict) / 100, RootSIFT L2 0.35 (strict) / 0.5.
+
+    The float values are calibrated for RootSIFT; other float descriptors (SuperPoint) need their own.
+    """
     if binary:
         return ORB_MAX_DISTANCE_LOW if strict else ORB_MAX_DISTANCE_HIGH
     return SIFT_MAX_DISTANCE_LOW if strict else SIFT_MAX_DISTANCE_HIGH

@@ -107,7 +107,8 @@ class OrbExtractor(FeatureExtractor):
             raise ConfigError(f"ORB oversample must be >= 1, got {oversample}")
         self.cfg = cfg
         self.mask_margin_px = int(mask_margin_px)
-        self.scale_factor = float(cfg.orb_scale_factor)
+        self.scale_factor = float(cfg.orb_scale_factor)  # ratio between consecutive levels
+        self.num_levels = int(cfg.orb_levels)  # levels are 0 .. num_levels - 1
         self.oversample = float(oversample)
         self._orb = self._create(cfg, int(cfg.orb_fast_threshold))
         low = max(3, int(round(LOW_THRESHOLD_RATIO * cfg.orb_fast_threshold)))

@@ -147,6 +147,9 @@ class SiftExtractor(FeatureExtractor):
             sift_edge_threshold).
         upsample: run SIFT with OpenCV's 2x upsampled first octave (slower; see the module docstring).
         mask_margin_px: the mask is eroded by this many pixels before keypoints are kept.
+
+    Attributes ``scale_factor`` (2 ** (1/3)) and ``num_levels`` (24) describe the levels in
+    ``Features.octaves`` for scale prediction and measurement weights.
     """
 
     name = "sift"
@@ -165,7 +168,8 @@ class SiftExtractor(FeatureExtractor):
         self.upsample = bool(upsample)
         self.first_octave = -1 if self.upsample else 0
         self.mask_margin_px = int(mask_margin_px)
-        self.scale_factor = SCALE_FACTOR
+        self.scale_factor = SCALE_FACTOR  # ratio between consecutive levels (Features.scale_factor)
+        self.num_levels = MAX_LEVEL + 1  # levels are 0 .. num_levels - 1
         self._sift = cv2.SIFT_create(
             nfeatures=0,
             nOctaveLayers=OCTAVE_LAYERS,

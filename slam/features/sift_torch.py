@@ -1,0 +1,804 @@
+"""SIFT as batched tensor operations (PyTorch): the same detector and descriptor on CUDA or CPU.
+
+The device follows the input tensors (:meth:`TorchSIFTExtractor.extract_batch`) or the extractor's
+``device`` (:meth:`~TorchSIFTExtractor.extract` on numpy images). On CPU the same code runs, slowly, so that
+tests run without a GPU; OpenCV's SIFT (:mod:`slam.features.sift`) stays the CPU default.
+
+Pipeline (a fixed number of kernel launches per octave, no Python loop over keypoints, no host round trip
+inside :meth:`~TorchSIFTExtractor.extract_batch`):
+
+1. **Scale space.** Intensities in [0, 1], assumed blur 0.5 px. Per octave, the 6 Gaussian images of
+   sigma ``1.6 * 2**(i/3)`` (octave pixels) are made in one pass of two separable convolutions (one
+   vertical conv with 6 output channels, one grouped horizontal conv) from the octave's base image; the next
+   octave's base is the image of sigma 3.2 subsampled 2x (pixel ``i`` of octave ``o`` lies at full-resolution
+   pixel ``i * 2**o``; no half-pixel shift because samples are taken, not averaged). The first octave is the
+   input resolution (VLFeat's first octave 0; OpenCV's default doubles the image first).
+2. **DoG** of consecutive Gaussians (5 per octave), **3x3x3 extrema** by max-pooling (and of the negated
+   DoG), a contrast pre-threshold ``0.5 * contrast / 3``, the **edge test** ``tr(H)^2 r < (r + 1)^2 det(H)``
+   on the 2x2 spatial Hessian (finite differences by one 3x3 convolution), a 5 px border and the mask.
+3. **Candidates**: the strongest ``candidate_factor * num_features`` extrema by |DoG| over all octaves of
+   an image (one ``topk``; fixed size, so no synchronisation).
+4. **Refinement**: quadratic fit of the DoG in (x, y, scale) from the 27 neighbours (closed-form 3x3
+   solve); ``refine_steps`` steps, moving to the neighbouring sample when the offset exceeds 0.5 (as
+   Lowe/OpenCV; 1 = a single quadratic step). Rejected: not converged, interpolated contrast
+   ``|D| < contrast / 3``, edge test at the final sample.
+5. **Selection**: ``num_features`` keypoints spread over a ``grid_cols`` x ``grid_rows`` grid, every cell's
+   best before any cell's second best (the rule of :func:`slam.features.grid.select_grid`), by sorting.
+6. **Orientation**: gradients (central differences) of the Gaussian layers 1..3 of all octaves are packed
+   into one atlas tensor; ``grid_sample`` reads them on a 17x17 grid of radius ``4.5 sigma`` around every
+   keypoint (Gaussian window sigma ``1.5 sigma``); 36-bin histogram with linear bin interpolation, smoothed
+   by [1 4 6 4 1]/16, highest peak refined by a parabola. Only the dominant orientation is kept.
+7. **Descriptor**: ``grid_sample`` on a rotated, scaled 20x20 patch (5 x 5 cells of width ``3 sigma``,
+   so 4x4 samples per cell plus the half cell that bilinear binning reaches); gradients rotated into the
+   keypoint frame; 4x4 spatial x 8 orientation bins with trilinear weights -- the spatial weights are a
+   constant (16, 400) matrix, so binning is one batched matrix product; Gaussian window sigma = 2 cells;
+   L2 normalise, clip at 0.2, renormalise, then RootSIFT (L1 normalise, square root; unit L2 norm).
+
+Conventions: keypoints in full-resolution pixel coordinates, pixel centres at integers. Angles in degrees
+in [0, 360), ``atan2(gy, gx)`` with y pointing down (OpenCV's ``KeyPoint.angle`` convention). Pyramid level
+``level = 3 * octave + (layer - 1)`` with layer 1..3, as in :mod:`slam.features.sift` with first octave 0, so
+``Features.scale_factor = 2 ** (1/3)`` and the keypoint's Gaussian scale is ``1.6 * scale_factor ** (level + 1)``
+full-resolution pixels (up to the sub-scale offset); ``size = 2 * sigma`` (OpenCV's convention).
+
+Differences from OpenCV's SIFT: no 2x upsampled octave; one orientation per keypoint (OpenCV adds a
+duplicate keypoint for every secondary peak above 80%); descriptor samples on a regular rotated grid
+(bilinear) instead of every pixel of the patch; samples outside the image are dropped, as OpenCV does.
+
+Matching on the device: :func:`match_descriptors_torch` (mutual nearest neighbour + Lowe's ratio test,
+fixed-size outputs, no host round trip); it lives here until ``slam.features.torch_matching`` is available.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from slam.config import FeatureConfig
+from slam.errors import ConfigError, DependencyError, InputError
+from slam.features.base import FeatureExtractor, Features
+from slam.features.grid import check_config, check_gray, prepare_mask
+
+log = logging.getLogger(__name__)
+
+OCTAVE_LAYERS = 3  # DoG layers searched per octave
+SCALE_FACTOR = 2.0 ** (1.0 / OCTAVE_LAYERS)  # scale ratio between consecutive levels
+SIGMA0 = 1.6  # Gaussian scale of layer 0 of each octave (octave pixels)
+INIT_SIGMA = 0.5  # blur assumed in the input image
+IMG_BORDER = 5  # extrema closer than this to an octave's border are ignored (octave pixels)
+MIN_OCTAVE_SIDE = 16  # octaves whose shorter side is smaller are not built
+TRUNCATE = 4.0  # Gaussian kernels reach this many sigmas (OpenCV's choice for float images)
+ORI_BINS = 36
+ORI_SIGMA = 1.5  # orientation window sigma, in units of the keypoint scale
+ORI_RADIUS = 3.0 * ORI_SIGMA  # orientation window radius, in units of the keypoint scale
+ORI_SAMPLES = 17  # orientation grid samples per side
+DESC_CELLS = 4  # spatial cells per side
+DESC_BINS = 8  # orientation bins per cell
+DESC_CELL_WIDTH = 3.0  # cell width in units of the keypoint scale
+DESC_SAMPLES_PER_CELL = 4  # grid samples per cell and side
+DESC_CLIP = 0.2  # SIFT's clipping of the L2-normalised descriptor
+
+
+def _torch():
+    """The torch module, or an actionable DependencyError."""
+    try:
+        import torch
+    except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installation
+        raise DependencyError(
+            "the torch SIFT extractor needs PyTorch (`pip install torch`, with CUDA for --device cuda); "
+            "or use the OpenCV SIFT extractor (--device cpu)"
+        ) from exc
+    return torch
+
+
+def _gaussian_bank(sigmas: list[float], device: Any, dtype: Any):
+    """``(len(sigmas), 2r+1)`` normalised 1-D Gaussian kernels padded to a common radius r (sigma 0 = delta)."""
+    torch = _torch()
+    radius = max(1, max(int(math.ceil(TRUNCATE * s)) for s in sigmas))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    rows = []
+    for s in sigmas:
+        if s < 1e-3:
+            k = (t == 0).to(torch.float64)
+        else:
+            r = int(math.ceil(TRUNCATE * s))
+            k = torch.exp(-0.5 * (t / s) ** 2) * (t.abs() <= r)
+        rows.append(k / k.sum())
+    return torch.stack(rows).to(device=device, dtype=dtype), radius
+
+
+def _layer_sigmas(base_sigma: float) -> list[float]:
+    """Blur to add to an image of blur ``base_sigma`` to reach each of the octave's 6 Gaussian layers."""
+    total = [SIGMA0 * 2.0 ** (i / OCTAVE_LAYERS) for i in range(OCTAVE_LAYERS + 3)]
+    return [math.sqrt(max(s * s - base_sigma * base_sigma, 0.0)) for s in total]
+
+
+def _octave_count(height: int, width: int, max_octaves: int | None) -> int:
+    n = 0
+    while min(height >> n, width >> n) >= MIN_OCTAVE_SIDE:
+        n += 1
+    n = max(n, 1)
+    return n if max_octaves is None else max(1, min(n, int(max_octaves)))
+
+
+def _neighbourhood_max_min(ring: Any) -> tuple[Any, Any]:
+    """Max and min over the 3x3x3 neighbourhood (centre included) of layers 1..3 of ``ring (B, 5, h+2, w+2)``:
+    two ``(B, 3, h, w)`` tensors. Max-pooling on CUDA (one launch each); separable slices elsewhere (CPU
+    pooling is an order of magnitude slower than elementwise maxima)."""
+    torch = _torch()
+    if ring.device.type == "cuda":
+        F = torch.nn.functional
+        vmax = F.max_pool3d(ring[:, None], 3, stride=1)[:, 0]
+        vmin = -F.max_pool3d(-ring[:, None], 3, stride=1)[:, 0]
+        return vmax, vmin
+    out = []
+    for op in (torch.maximum, torch.minimum):
+        a = op(op(ring[..., :-2], ring[..., 1:-1]), ring[..., 2:])
+        a = op(op(a[..., :-2, :], a[..., 1:-1, :]), a[..., 2:, :])
+        out.append(op(op(a[:, 0:3], a[:, 1:4]), a[:, 2:5]))
+    return out[0], out[1]
+
+
+def _hessian_2d(layers: Any) -> tuple[Any, Any, Any]:
+    """Finite-difference ``dxx, dyy, dxy`` (each ``(B, L, h, w)``) at the interior of ``layers (B, L, h+2, w+2)``."""
+    c = layers[..., 1:-1, 1:-1]
+    dxx = layers[..., 1:-1, 2:] + layers[..., 1:-1, :-2] - 2.0 * c
+    dyy = layers[..., 2:, 1:-1] + layers[..., :-2, 1:-1] - 2.0 * c
+    dxy = 0.25 * (layers[..., 2:, 2:] - layers[..., 2:, :-2] - layers[..., :-2, 2:] + layers[..., :-2, :-2])
+    return dxx, dyy, dxy
+
+
+@dataclass
+class BatchFeatures:
+    """Keypoints of a batch of B images as padded device tensors (K = the number requested).
+
+    Attributes:
+        keypoints: ``(B, K, 2)`` float32 full-resolution pixel coordinates (x, y), pixel centres at integers.
+        descriptors: ``(B, K, 128)`` float32 RootSIFT (unit L2 norm; zero rows where not valid).
+        levels: ``(B, K)`` int64 pyramid level ``3 * octave + layer - 1``.
+        sizes: ``(B, K)`` float32 diameter ``2 sigma`` in full-resolution pixels.
+        angles: ``(B, K)`` float32 degrees in [0, 360).
+        responses: ``(B, K)`` float32 |interpolated DoG| (intensities in [0, 1]).
+        valid: ``(B, K)`` bool; valid entries come first in every row, strongest-first by grid rank.
+    """
+
+    keypoints: Any
+    descriptors: Any
+    levels: Any
+    sizes: Any
+    angles: Any
+    responses: Any
+    valid: Any
+
+    def to_features(self) -> list[Features]:
+        """One :class:`Features` (numpy) per image, only its valid keypoints (one transfer to the host)."""
+        torch = _torch()
+        scalars = torch.stack(
+            [self.sizes, self.angles, self.responses, self.levels.to(torch.float32), self.valid.to(torch.float32)],
+            dim=-1,
+        )
+        host = torch.cat([self.keypoints, scalars, self.descriptors], dim=-1).cpu().numpy()
+        out = []
+        for rows in host:
+            rows = rows[rows[:, 6] > 0.5]
+            out.append(
+                Features(
+                    keypoints=np.ascontiguousarray(rows[:, 0:2], np.float32),
+                    descriptors=np.ascontiguousarray(rows[:, 7:], np.float32),
+                    octaves=np.rint(rows[:, 5]).astype(np.int32),
+                    sizes=np.ascontiguousarray(rows[:, 2], np.float32),
+                    angles=np.ascontiguousarray(rows[:, 3], np.float32),
+                    responses=np.ascontiguousarray(rows[:, 4], np.float32),
+                    binary=False,
+                    scale_factor=SCALE_FACTOR,
+                )
+            )
+        return out
+
+
+class _StageClock:
+    """Per-stage wall-clock milliseconds into a dict, synchronising CUDA before each reading; a no-op
+    (no synchronisation) when ``out`` is None."""
+
+    def __init__(self, out: dict[str, float] | None, device: Any) -> None:
+        self.out = out
+        self.cuda = out is not None and getattr(device, "type", str(device)) == "cuda"
+        self._t = self._now() if out is not None else 0.0
+
+    def _now(self) -> float:
+        import time
+
+        if self.cuda:
+            _torch().cuda.synchronize()
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.out is None:
+            return
+        t = self._now()
+        self.out[name] = self.out.get(name, 0.0) + (t - self._t) * 1000.0
+        self._t = t
+
+
+@dataclass
+class _Pyramid:
+    """Gaussian and DoG scale space of a batch; per-octave geometry as Python ints."""
+
+    gauss: list  # per octave (B, 6, H_o, W_o)
+    dog_flat: Any  # (B, sum_o 5 H_o W_o): DoG of all octaves, flattened per image
+    heights: list[int]
+    widths: list[int]
+    dog_offsets: list[int]
+
+
+class TorchSIFTExtractor(FeatureExtractor):
+    """SIFT detector + RootSIFT descriptor in PyTorch, on ``device`` ('cpu', 'cuda', 'cuda:1', ...).
+
+    Args:
+        cfg: feature settings (num_features, grid_cols/rows, clahe*, sift_contrast_threshold,
+            sift_edge_threshold).
+        device: where :meth:`extract` / :meth:`describe` compute; :meth:`extract_batch` follows its input.
+        mask_margin_px: the mask is eroded by this many pixels before keypoints are kept.
+        candidate_factor: extrema kept for refinement per requested keypoint.
+        refine_steps: quadratic refinement steps (1 = a single step; more lets a keypoint move to the
+            neighbouring sample and refit, as Lowe's SIFT does up to 5 times).
+        max_octaves: limit on the octaves built (None: while the shorter side is >= 16 px).
+    """
+
+    name = "sift"
+    binary = False
+    descriptor_dim = 128
+
+    def __init__(
+        self,
+        cfg: FeatureConfig,
+        device: str = "cpu",
+        mask_margin_px: int = 4,
+        candidate_factor: float = 4.0,
+        refine_steps: int = 2,
+        max_octaves: int | None = None,
+    ) -> None:
+        torch = _torch()
+        check_config(cfg)
+        if cfg.sift_contrast_threshold <= 0:
+            raise ConfigError(f"features.sift_contrast_threshold must be > 0, got {cfg.sift_contrast_threshold}")
+        if cfg.sift_edge_threshold <= 0:
+            raise ConfigError(f"features.sift_edge_threshold must be > 0, got {cfg.sift_edge_threshold}")
+        if candidate_factor < 1 or refine_steps < 1:
+            raise ConfigError(f"candidate_factor must be >= 1 and refine_steps >= 1, got {candidate_factor}, "
+                              f"{refine_steps}")
+        try:
+            self.device = torch.device(device)
+        except RuntimeError as exc:
+            raise ConfigError(f"device {device!r} is not a valid torch device (cpu, cuda, cuda:N)") from exc
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise DependencyError(f"device {device!r} requested but this torch has no CUDA device; use --device cpu")
+        self.cfg = cfg
+        self.mask_margin_px = int(mask_margin_px)
+        self.candidate_factor = float(candidate_factor)
+        self.refine_steps = int(refine_steps)
+        self.max_octaves = max_octaves
+        self.scale_factor = SCALE_FACTOR
+        self._consts: dict[tuple, Any] = {}  # per (device, dtype) constant tensors
+
+    # ------------------------------------------------------------------------------------ constants
+    def _const(self, device: Any) -> dict[str, Any]:
+        """Kernels and sampling patterns on ``device`` (built once per device)."""
+        key = (str(device),)
+        if key in self._consts:
+            return self._consts[key]
+        torch = _torch()
+        f32 = torch.float32
+        c: dict[str, Any] = {}
+        c["k_first"], c["r_first"] = _gaussian_bank(_layer_sigmas(INIT_SIGMA), device, f32)
+        c["k_next"], c["r_next"] = _gaussian_bank(_layer_sigmas(SIGMA0), device, f32)
+        # orientation sampling grid: unit offsets, Gaussian window (sigma 1.5 scale = radius / 3) in the circle
+        u = torch.linspace(-1.0, 1.0, ORI_SAMPLES, dtype=f32)
+        vy, vx = torch.meshgrid(u, u, indexing="ij")
+        r2 = vx**2 + vy**2
+        c["ori_grid"] = torch.stack([vx.ravel(), vy.ravel()], -1).to(device)  # (S, 2)
+        ori_w = torch.exp(-r2 * (ORI_RADIUS**2) / (2.0 * ORI_SIGMA**2)) * (r2 <= 1.0)
+        c["ori_w"] = ori_w.ravel().to(device)
+        # descriptor grid: cell units in [-(d+1)/2, (d+1)/2], bilinear cell weights x Gaussian (sigma d/2)
+        n = (DESC_CELLS + 1) * DESC_SAMPLES_PER_CELL
+        half = 0.5 * (DESC_CELLS + 1)
+        t = -half + (torch.arange(n, dtype=f32) + 0.5) * (2.0 * half / n)
+        gy, gx = torch.meshgrid(t, t, indexing="ij")
+        gx, gy = gx.ravel(), gy.ravel()
+        c["desc_grid"] = torch.stack([gx, gy], -1).to(device)  # (S, 2) (u along x, v along y)
+        centres = torch.arange(DESC_CELLS, dtype=f32)
+        wr = torch.clamp(1.0 - (gy[None] + half - 1.0 - centres[:, None]).abs(), min=0.0)  # (4, S)
+        wc = torch.clamp(1.0 - (gx[None] + half - 1.0 - centres[:, None]).abs(), min=0.0)
+        gauss = torch.exp(-(gx**2 + gy**2) / (2.0 * (0.5 * DESC_CELLS) ** 2))
+        wsp = (wr[:, None, :] * wc[None, :, :] * gauss).reshape(DESC_CELLS * DESC_CELLS, -1)  # (16, S)
+        c["desc_wsp_t"] = wsp.t().contiguous().to(device)  # (S, 16)
+        c["obins"] = torch.arange(DESC_BINS, dtype=f32, device=device)
+        self._consts[key] = c
+        return c
+
+    # ------------------------------------------------------------------------------------ scale space
+    def _blur_stack(self, x: Any, bank: Any, radius: int) -> Any:
+        """``(B, 1, H, W)`` -> ``(B, L, H, W)``: the image blurred by each 1-D kernel of ``bank (L, K)``
+        (separable; reflect-101 borders as OpenCV, replicate where the image is too small to reflect)."""
+        torch = _torch()
+        F = torch.nn.functional
+        n_k = bank.shape[0]
+        h, w = x.shape[-2:]
+        mode_v = "reflect" if radius < h else "replicate"
+        mode_h = "reflect" if radius < w else "replicate"
+        y = F.conv2d(F.pad(x, (0, 0, radius, radius), mode=mode_v), bank.view(n_k, 1, -1, 1))
+        y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode=mode_h), bank.view(n_k, 1, 1, -1), groups=n_k)
+        return y
+
+    def _pyramid(self, img: Any, with_dog: bool = True) -> _Pyramid:
+        """Gaussian (and DoG) scale space of ``(B, 1, H, W)`` float32 images in [0, 1]."""
+        torch = _torch()
+        c = self._const(img.device)
+        b, _, h, w = img.shape
+        n_oct = _octave_count(h, w, self.max_octaves)
+        heights = [h >> o for o in range(n_oct)]
+        widths = [w >> o for o in range(n_oct)]
+        sizes = [5 * hh * ww for hh, ww in zip(heights, widths)]
+        offsets = [0]
+        for s in sizes[:-1]:
+            offsets.append(offsets[-1] + s)
+        dog_flat = torch.empty(b, sum(sizes), dtype=img.dtype, device=img.device) if with_dog else None
+        gauss = []
+        base = img
+        for o in range(n_oct):
+            if o == 0:
+                g = self._blur_stack(base, c["k_first"], c["r_first"])
+            else:
+                g = self._blur_stack(base, c["k_next"], c["r_next"])
+            gauss.append(g)
+            if with_dog:
+                view = dog_flat[:, offsets[o] : offsets[o] + sizes[o]].view(b, 5, heights[o], widths[o])
+                torch.sub(g[:, 1:], g[:, :-1], out=view)
+            if o + 1 < n_oct:
+                base = g[:, OCTAVE_LAYERS : OCTAVE_LAYERS + 1, : 2 * heights[o + 1] : 2, : 2 * widths[o + 1] : 2]
+                base = base.contiguous()
+        return _Pyramid(gauss, dog_flat, heights, widths, offsets)
+
+    # ------------------------------------------------------------------------------------ detection
+    def _candidate_scores(self, pyr: _Pyramid, masks: Any) -> tuple[Any, list[int]]:
+        """``(B, sum_o 3 H_o W_o)`` |DoG| at the extrema that pass the pre-contrast, edge, border and mask
+        tests (0 elsewhere), layers 1..3 of every octave; and the per-octave offsets in that layout."""
+        torch = _torch()
+        b = pyr.dog_flat.shape[0]
+        thr = 0.5 * float(self.cfg.sift_contrast_threshold) / OCTAVE_LAYERS
+        r = float(self.cfg.sift_edge_threshold)
+        edge_k = (r + 1.0) ** 2 / r
+        sizes = [3 * hh * ww for hh, ww in zip(pyr.heights, pyr.widths)]
+        offsets = [0]
+        for s in sizes[:-1]:
+            offsets.append(offsets[-1] + s)
+        score = torch.zeros(b, sum(sizes), dtype=pyr.dog_flat.dtype, device=pyr.dog_flat.device)
+        e = IMG_BORDER
+        for o, (hh, ww) in enumerate(zip(pyr.heights, pyr.widths)):
+            if hh <= 2 * e or ww <= 2 * e:
+                continue
+            dog = pyr.dog_flat[:, pyr.dog_offsets[o] : pyr.dog_offsets[o] + 5 * hh * ww].view(b, 5, hh, ww)
+            # interior [e, h - e) x [e, w - e) of layers 1..3 and the ring of neighbours around it
+            ring = dog[:, :, e - 1 : hh - e + 1, e - 1 : ww - e + 1]
+            mid = ring[:, 1:4, 1:-1, 1:-1]
+            vmax, vmin = _neighbourhood_max_min(ring)
+            ext = ((mid >= vmax) & (mid > thr)) | ((mid <= vmin) & (mid < -thr))
+            dxx, dyy, dxy = _hessian_2d(ring[:, 1:4])
+            tr = dxx + dyy
+            det = dxx * dyy - dxy * dxy
+            ok = ext & (det > 0) & (tr * tr < edge_k * det)
+            if masks is not None:
+                f = 1 << o
+                ok = ok & masks[:, None, e * f : (hh - e) * f : f, e * f : (ww - e) * f : f]
+            view = score[:, offsets[o] : offsets[o] + sizes[o]].view(b, 3, hh, ww)
+            torch.where(ok, mid.abs(), torch.zeros((), dtype=mid.dtype, device=mid.device),
+                        out=view[:, :, e : hh - e, e : ww - e])
+        return score, offsets
+
+    def _refine(self, pyr: _Pyramid, o: Any, layer: Any, y: Any, x: Any, valid: Any) -> dict[str, Any]:
+        """Quadratic sub-pixel / sub-scale refinement of candidates given as ``(B, N)`` int64 octave, layer
+        (1..3), row, column and bool ``valid``; returns refined geometry and the updated validity."""
+        torch = _torch()
+        dev = pyr.dog_flat.device
+        hs = torch.tensor(pyr.heights, device=dev)
+        ws = torch.tensor(pyr.widths, device=dev)
+        offs = torch.tensor(pyr.dog_offsets, device=dev)
+        h_o, w_o, off_o = hs[o], ws[o], offs[o]
+        hw_o = h_o * w_o
+        d = torch.arange(-1, 2, device=dev)
+        dl, dy, dx = torch.meshgrid(d, d, d, indexing="ij")
+        dl, dy, dx = dl.reshape(-1), dy.reshape(-1), dx.reshape(-1)  # (27,) in (layer, y, x) order
+        b, n = o.shape
+        ct = float(self.cfg.sift_contrast_threshold) / OCTAVE_LAYERS
+        r = float(self.cfg.sift_edge_threshold)
+        converged = torch.zeros_like(valid)
+        for step in range(self.refine_steps):
+            base = off_o + (layer * h_o + y) * w_o + x
+            idx = base[..., None] + dl * hw_o[..., None] + dy * w_o[..., None] + dx
+            idx = torch.where(valid[..., None], idx, torch.zeros_like(idx))
+            v = torch.gather(pyr.dog_flat, 1, idx.view(b, -1)).view(b, n, 3, 3, 3)
+            c0 = v[..., 1, 1, 1]
+            gx = 0.5 * (v[..., 1, 1, 2] - v[..., 1, 1, 0])
+            gy = 0.5 * (v[..., 1, 2, 1] - v[..., 1, 0, 1])
+            gs = 0.5 * (v[..., 2, 1, 1] - v[..., 0, 1, 1])
+            hxx = v[..., 1, 1, 2] + v[..., 1, 1, 0] - 2.0 * c0
+            hyy = v[..., 1, 2, 1] + v[..., 1, 0, 1] - 2.0 * c0
+            hss = v[..., 2, 1, 1] + v[..., 0, 1, 1] - 2.0 * c0
+            hxy = 0.25 * (v[..., 1, 2, 2] - v[..., 1, 2, 0] - v[..., 1, 0, 2] + v[..., 1, 0, 0])
+            hxs = 0.25 * (v[..., 2, 1, 2] - v[..., 2, 1, 0] - v[..., 0, 1, 2] + v[..., 0, 1, 0])
+            hys = 0.25 * (v[..., 2, 2, 1] - v[..., 2, 0, 1] - v[..., 0, 2, 1] + v[..., 0, 0, 1])
+            # offset = -H^-1 g by the adjugate (H symmetric)
+            a00 = hyy * hss - hys * hys
+            a01 = hxs * hys - hxy * hss
+            a02 = hxy * hys - hxs * hyy
+            a11 = hxx * hss - hxs * hxs
+            a12 = hxy * hxs - hxx * hys
+            a22 = hxx * hyy - hxy * hxy
+            det = hxx * a00 + hxy * a01 + hxs * a02
+            solvable = det.abs() > 1e-12
+            inv = torch.where(solvable, 1.0 / torch.where(solvable, det, torch.ones_like(det)), torch.zeros_like(det))
+            ox = -(a00 * gx + a01 * gy + a02 * gs) * inv
+            oy = -(a01 * gx + a11 * gy + a12 * gs) * inv
+            os_ = -(a02 * gx + a12 * gy + a22 * gs) * inv
+            big = torch.maximum(torch.maximum(ox.abs(), oy.abs()), os_.abs())
+            converged = valid & solvable & (big < 0.5)
+            if step == self.refine_steps - 1:
+                break
+            move = valid & solvable & ~converged & (big < 1e3)
+            x = torch.where(move, x + torch.round(ox).long(), x)
+            y = torch.where(move, y + torch.round(oy).long(), y)
+            layer = torch.where(move, layer + torch.round(os_).long(), layer)
+            inside = (
+                (layer >= 1) & (layer <= OCTAVE_LAYERS) & (x >= IMG_BORDER) & (x < w_o - IMG_BORDER)
+                & (y >= IMG_BORDER) & (y < h_o - IMG_BORDER)
+            )
+            valid = valid & solvable & (big < 1e3) & inside
+        contrast = c0 + 0.5 * (gx * ox + gy * oy + gs * os_)
+        tr = hxx + hyy
+        det2 = hxx * hyy - hxy * hxy
+        ok = converged & (contrast.abs() >= ct) & (det2 > 0) & (tr * tr * r < (r + 1.0) ** 2 * det2)
+        scale = (2.0 ** o.to(torch.float32))
+        x_oct = x.to(torch.float32) + ox
+        y_oct = y.to(torch.float32) + oy
+        sigma_oct = SIGMA0 * torch.pow(2.0, (layer.to(torch.float32) + os_) / OCTAVE_LAYERS)
+        return {
+            "valid": ok,
+            "octave": o,
+            "layer": layer,
+            "x_oct": x_oct,
+            "y_oct": y_oct,
+            "sigma_oct": sigma_oct,
+            "xy": torch.stack([x_oct * scale, y_oct * scale], -1),
+            "response": contrast.abs(),
+        }
+
+    def _spread_topk(self, xy: Any, response: Any, valid: Any, k: int, width: int, height: int) -> tuple[Any, Any]:
+        """``(B, k)`` indices of the keypoints kept by grid round robin (see :func:`slam.features.grid.select_grid`)
+        and their ``(B, k)`` validity; ``xy (B, N, 2)``, ``response``/``valid (B, N)``."""
+        torch = _torch()
+        cols, rows = int(self.cfg.grid_cols), int(self.cfg.grid_rows)
+        b, n = response.shape
+        n_cells = cols * rows
+        cx = torch.clamp((xy[..., 0] * (cols / float(width))).floor().long(), 0, cols - 1)
+        cy = torch.clamp((xy[..., 1] * (rows / float(height))).floor().long(), 0, rows - 1)
+        cell = torch.where(valid, cy * cols + cx, torch.full_like(cx, n_cells))
+        neg = torch.where(valid, -response, torch.full_like(response, float("inf")))
+        by_resp = torch.sort(neg, dim=1, stable=True).indices
+        cell_r = torch.gather(cell, 1, by_resp)
+        by_cell = torch.gather(by_resp, 1, torch.sort(cell_r, dim=1, stable=True).indices)
+        cell_sorted = torch.gather(cell, 1, by_cell)
+        counts = torch.zeros(b, n_cells + 1, dtype=torch.long, device=xy.device)
+        counts.scatter_add_(1, cell, torch.ones_like(cell))
+        start = torch.cumsum(counts, 1) - counts
+        rank_sorted = torch.arange(n, device=xy.device)[None] - torch.gather(start, 1, cell_sorted)
+        rank = torch.empty_like(rank_sorted).scatter_(1, by_cell, rank_sorted)
+        rank = torch.where(valid, rank, torch.full_like(rank, n + 1))
+        rank_r = torch.gather(rank, 1, by_resp)
+        final = torch.gather(by_resp, 1, torch.sort(rank_r, dim=1, stable=True).indices)[:, :k]
+        return final, torch.gather(valid, 1, final)
+
+    # ------------------------------------------------------------------------------------ description
+    def _gradient_atlas(self, pyr: _Pyramid) -> tuple[Any, Any]:
+        """Gradients (central differences, y down) of the Gaussian layers 1..3 of all octaves packed into
+        one ``(B, 2, 3 H, sum_o W_o)`` tensor: layer l-1 in rows ``[(l-1) H, (l-1) H + H_o)``, octave o in
+        columns from ``x0[o]``. Returns it and the ``(n_oct,)`` float32 column offsets ``x0``."""
+        torch = _torch()
+        g0 = pyr.gauss[0]
+        b = g0.shape[0]
+        h = pyr.heights[0]
+        wc = sum(pyr.widths)
+        atlas = torch.zeros(b, 2, OCTAVE_LAYERS, h, wc, dtype=g0.dtype, device=g0.device)
+        x0 = 0
+        starts = []
+        for o, g in enumerate(pyr.gauss):
+            hh, ww = pyr.heights[o], pyr.widths[o]
+            layers = g[:, 1 : OCTAVE_LAYERS + 1]
+            starts.append(x0)
+            torch.sub(layers[..., 2:], layers[..., :-2], out=atlas[:, 0, :, :hh, x0 + 1 : x0 + ww - 1])
+            torch.sub(layers[..., 2:, :], layers[..., :-2, :], out=atlas[:, 1, :, 1 : hh - 1, x0 : x0 + ww])
+            x0 += ww
+        return atlas.view(b, 2, OCTAVE_LAYERS * h, wc), torch.tensor(starts, dtype=torch.float32, device=g0.device)
+
+    def _sample(self, atlas: Any, x0: Any, pyr: _Pyramid, kp: dict[str, Any], offsets: Any) -> tuple[Any, Any, Any]:
+        """Gradients at ``offsets (B, N, S, 2)`` (octave pixels) around every keypoint by ``grid_sample``:
+        ``(gx, gy, inside)`` each ``(B, N, S)``; samples outside the keypoint's octave image are not inside."""
+        torch = _torch()
+        dev = atlas.device
+        hs = torch.tensor(pyr.heights, dtype=torch.float32, device=dev)
+        ws = torch.tensor(pyr.widths, dtype=torch.float32, device=dev)
+        o = kp["octave"]
+        px = kp["x_oct"][..., None] + offsets[..., 0]
+        py = kp["y_oct"][..., None] + offsets[..., 1]
+        inside = (px >= 0) & (py >= 0) & (px <= (ws[o] - 1.0)[..., None]) & (py <= (hs[o] - 1.0)[..., None])
+        ax = x0[o][..., None] + px
+        ay = ((kp["layer"] - 1).to(torch.float32) * pyr.heights[0])[..., None] + py
+        hc, wc = atlas.shape[-2:]
+        grid = torch.stack([ax * (2.0 / (wc - 1)) - 1.0, ay * (2.0 / (hc - 1)) - 1.0], -1)
+        out = torch.nn.functional.grid_sample(atlas, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return out[:, 0], out[:, 1], inside
+
+    def _orientation(self, atlas: Any, x0: Any, pyr: _Pyramid, kp: dict[str, Any]) -> Any:
+        """``(B, N)`` float32 dominant gradient orientation in radians, [0, 2 pi), y down."""
+        torch = _torch()
+        c = self._const(atlas.device)
+        radius = ORI_RADIUS * kp["sigma_oct"]
+        offsets = c["ori_grid"] * radius[..., None, None]
+        gx, gy, inside = self._sample(atlas, x0, pyr, kp, offsets)
+        weight = torch.sqrt(gx * gx + gy * gy) * c["ori_w"] * inside
+        bin_f = torch.remainder(torch.atan2(gy, gx) * (ORI_BINS / (2.0 * math.pi)), float(ORI_BINS))
+        b0 = bin_f.floor()
+        frac = bin_f - b0
+        b0 = b0.long() % ORI_BINS
+        b, n, _ = gx.shape
+        hist = torch.zeros(b, n, ORI_BINS, dtype=gx.dtype, device=gx.device)
+        hist.scatter_add_(2, b0, weight * (1.0 - frac))
+        hist.scatter_add_(2, (b0 + 1) % ORI_BINS, weight * frac)
+        hist = (
+            (torch.roll(hist, 2, 2) + torch.roll(hist, -2, 2)) * (1.0 / 16.0)
+            + (torch.roll(hist, 1, 2) + torch.roll(hist, -1, 2)) * (4.0 / 16.0)
+            + hist * (6.0 / 16.0)
+        )
+        peak = hist.argmax(2, keepdim=True)
+        left = torch.gather(hist, 2, (peak - 1) % ORI_BINS)
+        mid = torch.gather(hist, 2, peak)
+        right = torch.gather(hist, 2, (peak + 1) % ORI_BINS)
+        den = left - 2.0 * mid + right
+        shift = torch.where(den.abs() > 1e-12, 0.5 * (left - right) / torch.where(den == 0, torch.ones_like(den), den),
+                            torch.zeros_like(den))
+        bin_peak = (peak.to(gx.dtype) + shift)[..., 0]
+        return torch.remainder(bin_peak * (2.0 * math.pi / ORI_BINS), 2.0 * math.pi)
+
+    def _descriptor(self, atlas: Any, x0: Any, pyr: _Pyramid, kp: dict[str, Any], theta: Any) -> Any:
+        """``(B, N, 128)`` RootSIFT descriptors on rotated, scaled patches (orientation ``theta`` radians)."""
+        torch = _torch()
+        c = self._const(atlas.device)
+        cos, sin = torch.cos(theta)[..., None], torch.sin(theta)[..., None]
+        u, v = c["desc_grid"][:, 0], c["desc_grid"][:, 1]  # (S,) cell units
+        cell = (DESC_CELL_WIDTH * kp["sigma_oct"])[..., None]
+        offsets = torch.stack([(u * cos - v * sin) * cell, (u * sin + v * cos) * cell], -1)
+        gx, gy, inside = self._sample(atlas, x0, pyr, kp, offsets)
+        gxr = gx * cos + gy * sin
+        gyr = gy * cos - gx * sin
+        mag = torch.sqrt(gxr * gxr + gyr * gyr) * inside
+        obin = torch.remainder(torch.atan2(gyr, gxr) * (DESC_BINS / (2.0 * math.pi)), float(DESC_BINS))
+        dist = torch.remainder(obin[..., None] - c["obins"], float(DESC_BINS))
+        dist = torch.minimum(dist, DESC_BINS - dist)
+        contrib = torch.clamp(1.0 - dist, min=0.0) * mag[..., None]  # (B, N, S, 8)
+        desc = torch.matmul(contrib.transpose(-1, -2), c["desc_wsp_t"])  # (B, N, 8, 16)
+        desc = desc.transpose(-1, -2).reshape(*theta.shape, DESC_CELLS * DESC_CELLS * DESC_BINS)
+        norm = desc.norm(dim=-1, keepdim=True)
+        desc = torch.minimum(desc, DESC_CLIP * norm)
+        desc = desc / torch.clamp(desc.sum(dim=-1, keepdim=True), min=1e-12)  # L1 (L2 renorm cancels)
+        return torch.sqrt(desc)
+
+    # ------------------------------------------------------------------------------------ tensor API
+    def extract_batch(self, images: Any, masks: Any = None, timings: dict[str, float] | None = None) -> BatchFeatures:
+        """Keypoints and RootSIFT descriptors of a batch, on the images' device, without host round trips.
+
+        Args:
+            images: ``(B, 1, H, W)`` (or ``(B, H, W)``) float tensor with intensities in [0, 1], or uint8
+                (divided by 255). Contrast normalisation (CLAHE) is the caller's business here.
+            masks: None or ``(B, H, W)`` / ``(B, 1, H, W)`` tensor, non-zero = usable; used as given (not
+                eroded; :meth:`extract` erodes by ``mask_margin_px`` first).
+            timings: if a dict, per-stage milliseconds are added to it (synchronising CUDA between stages;
+                leave None for full speed).
+
+        Returns:
+            :class:`BatchFeatures` with K = ``cfg.num_features`` slots per image.
+        """
+        torch = _torch()
+        if not torch.is_tensor(images):
+            raise InputError("extract_batch expects a torch tensor of shape (B, 1, H, W)")
+        if images.dim() == 3:
+            images = images[:, None]
+        if images.dim() != 4 or images.shape[1] != 1:
+            raise InputError(f"extract_batch expects images of shape (B, 1, H, W), got {tuple(images.shape)}")
+        if images.dtype == torch.uint8:
+            images = images.to(torch.float32) * (1.0 / 255.0)
+        else:
+            images = images.to(torch.float32)
+        b, _, h, w = images.shape
+        if masks is not None:
+            masks = masks.to(images.device)
+            if masks.dim() == 4:
+                masks = masks[:, 0]
+            if tuple(masks.shape) != (b, h, w):
+                raise InputError(f"extract_batch masks have shape {tuple(masks.shape)}; expected {(b, h, w)}")
+            masks = masks != 0
+        clock = _StageClock(timings, images.device)
+        pyr = self._pyramid(images)
+        clock.lap("scale_space")
+        score, score_offsets = self._candidate_scores(pyr, masks)
+        clock.lap("extrema")
+        n_cand = min(score.shape[1], max(1, int(round(self.candidate_factor * self.cfg.num_features))))
+        top_val, top_idx = torch.topk(score, n_cand, dim=1, sorted=False)
+        dev = images.device
+        s_off = torch.tensor(score_offsets, device=dev)
+        hw = torch.tensor([hh * ww for hh, ww in zip(pyr.heights, pyr.widths)], device=dev)
+        ws = torch.tensor(pyr.widths, device=dev)
+        o = torch.searchsorted(s_off, top_idx, right=True) - 1
+        local = top_idx - s_off[o]
+        layer = local // hw[o] + 1
+        rem = local % hw[o]
+        y, x = rem // ws[o], rem % ws[o]
+        clock.lap("candidates")
+        kp = self._refine(pyr, o, layer, y, x, top_val > 0)
+        if masks is not None:
+            ix = torch.clamp(torch.round(kp["xy"][..., 0]).long(), 0, w - 1)
+            iy = torch.clamp(torch.round(kp["xy"][..., 1]).long(), 0, h - 1)
+            kp["valid"] = kp["valid"] & torch.gather(masks.view(b, -1), 1, iy * w + ix)
+        clock.lap("refine")
+        k = min(int(self.cfg.num_features), n_cand)
+        sel, sel_valid = self._spread_topk(kp["xy"], kp["response"], kp["valid"], k, w, h)
+        kp = {
+            key: torch.gather(val, 1, sel[..., None].expand(-1, -1, 2)) if key == "xy" else torch.gather(val, 1, sel)
+            for key, val in kp.items()
+        }
+        kp["valid"] = sel_valid
+        clock.lap("select")
+        atlas, x0 = self._gradient_atlas(pyr)
+        theta = self._orientation(atlas, x0, pyr, kp)
+        clock.lap("orientation")
+        desc = self._descriptor(atlas, x0, pyr, kp, theta)
+        desc = desc * sel_valid[..., None]
+        clock.lap("descriptor")
+        levels = kp["octave"] * OCTAVE_LAYERS + (kp["layer"] - 1)
+        return BatchFeatures(
+            keypoints=kp["xy"],
+            descriptors=desc,
+            levels=levels,
+            sizes=(2.0 * kp["sigma_oct"] * (2.0 ** kp["octave"].to(torch.float32))),
+            angles=torch.rad2deg(theta),
+            responses=kp["response"],
+            valid=sel_valid,
+        )
+
+    def describe_batch(self, images: Any, keypoints: Any, levels: Any) -> tuple[Any, Any]:
+        """RootSIFT descriptors at given positions: ``images (B, 1, H, W)`` float in [0, 1], ``keypoints
+        (B, N, 2)`` full-resolution pixels, ``levels (B, N)`` int pyramid levels. Returns ``(B, N, 128)``
+        descriptors and ``(B, N)`` angles in degrees (orientation estimated as in extraction)."""
+        torch = _torch()
+        pyr = self._pyramid(images.to(torch.float32), with_dog=False)
+        n_oct = len(pyr.heights)
+        levels = torch.clamp(levels.long(), 0, OCTAVE_LAYERS * n_oct - 1)
+        o = levels // OCTAVE_LAYERS
+        layer = levels % OCTAVE_LAYERS + 1
+        scale = 2.0 ** o.to(torch.float32)
+        kp = {
+            "octave": o,
+            "layer": layer,
+            "x_oct": keypoints[..., 0].to(torch.float32) / scale,
+            "y_oct": keypoints[..., 1].to(torch.float32) / scale,
+            "sigma_oct": SIGMA0 * torch.pow(2.0, layer.to(torch.float32) / OCTAVE_LAYERS),
+        }
+        atlas, x0 = self._gradient_atlas(pyr)
+        theta = self._orientation(atlas, x0, pyr, kp)
+        return self._descriptor(atlas, x0, pyr, kp, theta), torch.rad2deg(theta)
+
+    # ------------------------------------------------------------------------------------ numpy API
+    def _upload(self, gray: np.ndarray) -> tuple[np.ndarray, Any]:
+        """CLAHE (cfg.clahe) on the CPU, then the ``(1, 1, H, W)`` float32 [0, 1] tensor on the device."""
+        torch = _torch()
+        img = check_gray(gray)
+        if self.cfg.clahe:
+            from slam.features.photometric import normalize_luminance
+
+            img = normalize_luminance(img, self.cfg.clahe_clip, self.cfg.clahe_tiles)
+        t = torch.from_numpy(img).to(self.device, non_blocking=True)
+        return img, (t.to(torch.float32) * (1.0 / 255.0))[None, None]
+
+    def extract(self, gray: np.ndarray, mask: np.ndarray | None = None) -> Features:
+        """Up to ``cfg.num_features`` keypoints of an ``(H, W)`` uint8 image spread over the grid, inside
+        ``mask`` (non-zero = usable) eroded by ``mask_margin_px``."""
+        torch = _torch()
+        img, t = self._upload(gray)
+        usable = prepare_mask(mask, img.shape, self.mask_margin_px)
+        if usable is not None and not usable.any():
+            return Features.empty(128, False, self.scale_factor)
+        m = None if usable is None else torch.from_numpy(usable).to(self.device)[None]
+        with torch.inference_mode():
+            feats = self.extract_batch(t, m).to_features()[0]
+        log.debug("torch sift: %d keypoints", len(feats))
+        return feats
+
+    def describe(
+        self, gray: np.ndarray, keypoints: np.ndarray, octaves: np.ndarray | None = None
+    ) -> tuple[Features, np.ndarray]:
+        """RootSIFT descriptors at given ``(N, 2)`` full-resolution positions; ``octaves`` are levels as in
+        :meth:`extract` (default 0: the first layer of the full-resolution octave, sigma ~2 px). Keypoints
+        outside the image are dropped; returns their Features (input order) and ``(M,)`` int64 indices."""
+        torch = _torch()
+        img, t = self._upload(gray)
+        h, w = img.shape
+        xy = np.asarray(keypoints, np.float64).reshape(-1, 2)
+        n = len(xy)
+        levels = np.zeros(n, np.int64) if octaves is None else np.asarray(octaves, np.int64).reshape(n)
+        n_oct = _octave_count(h, w, self.max_octaves)
+        levels = np.clip(levels, 0, OCTAVE_LAYERS * n_oct - 1)
+        index = np.flatnonzero(
+            np.isfinite(xy).all(axis=1) & (xy[:, 0] >= 0) & (xy[:, 0] <= w - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= h - 1)
+        )
+        if len(index) == 0:
+            return Features.empty(128, False, self.scale_factor), np.zeros(0, np.int64)
+        lv = levels[index]
+        with torch.inference_mode():
+            kxy = torch.from_numpy(xy[index].astype(np.float32)).to(self.device)[None]
+            klv = torch.from_numpy(lv).to(self.device)[None]
+            desc, ang = self.describe_batch(t, kxy, klv)
+            desc, ang = desc[0].cpu().numpy(), ang[0].cpu().numpy()
+        octave = lv // OCTAVE_LAYERS
+        layer = lv % OCTAVE_LAYERS + 1
+        sizes = 2.0 * SIGMA0 * 2.0 ** (layer / OCTAVE_LAYERS) * 2.0**octave
+        feats = Features(
+            keypoints=xy[index].astype(np.float32),
+            descriptors=np.ascontiguousarray(desc, np.float32),
+            octaves=lv.astype(np.int32),
+            sizes=sizes.astype(np.float32),
+            angles=ang.astype(np.float32),
+            responses=np.zeros(len(index), np.float32),
+            binary=False,
+            scale_factor=self.scale_factor,
+        )
+        return feats, index.astype(np.int64)
+
+
+def match_descriptors_torch(d1: Any, d2: Any, ratio: float = 0.8, mutual: bool = True) -> tuple[Any, Any]:
+    """Nearest-neighbour matching of float descriptors on their device, with fixed-size outputs.
+
+    Args:
+        d1: ``(..., N, D)`` and d2: ``(..., M, D)`` float tensors (unit-norm RootSIFT; zero rows never match).
+        ratio: Lowe's ratio test on L2 distances (1.0 disables it).
+        mutual: keep only pairs that are each other's nearest neighbour.
+
+    Returns:
+        ``(idx (..., N) int64, dist (..., N) float32)``: for every row of ``d1`` the matched row of ``d2``
+        or -1, and the L2 distance (inf where unmatched).
+    """
+    torch = _torch()
+    n, m = d1.shape[-2], d2.shape[-2]
+    shape = d1.shape[:-1]
+    if n == 0 or m == 0:
+        return (torch.full(shape, -1, dtype=torch.long, device=d1.device),
+                torch.full(shape, float("inf"), device=d1.device))
+    a, b = d1.to(torch.float32), d2.to(torch.float32)
+    na = (a * a).sum(-1)
+    nb = (b * b).sum(-1)
+    d2m = torch.clamp(na[..., :, None] + nb[..., None, :] - 2.0 * (a @ b.transpose(-1, -2)), min=0.0)
+    d2m = torch.where(nb[..., None, :] > 0, d2m, torch.full_like(d2m, float("inf")))
+    d2m = torch.where(na[..., :, None] > 0, d2m, torch.full_like(d2m, float("inf")))
+    kk = min(2, m)
+    best = torch.topk(d2m, kk, dim=-1, largest=False)
+    idx = best.indices[..., 0]
+    dist = torch.sqrt(best.values[..., 0])
+    ok = torch.isfinite(dist)
+    if kk == 2 and ratio < 1.0:
+        second = torch.sqrt(best.values[..., 1])
+        ok = ok & (dist < ratio * second)
+    if mutual:
+        back = torch.argmin(d2m, dim=-2)  # (..., M)
+        ok = ok & (torch.gather(back, -1, idx) == torch.arange(n, device=d1.device))
+    idx = torch.where(ok, idx, torch.full_like(idx, -1))
+    return idx, torch.where(ok, dist, torch.full_like(dist, float("inf")))
