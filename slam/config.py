@@ -91,7 +91,7 @@ class TrackingConfig:
     keyframe_tracked_ratio: float = 0.75  # new keyframe when tracked/ref-keyframe points falls below
     keyframe_min_tracked: int = 50
     relocalise: bool = True
-    max_lost_before_reset: int = 10  # frames lost in a row before the map is reset and re-initialised
+    max_lost_before_reset: int = 2  # frames lost in a row (relocalisation failing) before a new map is started
     flow_win_size: int = 21
     flow_levels: int = 3
     flow_fb_threshold_px: float = 1.0

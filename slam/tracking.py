@@ -100,6 +100,7 @@ class Tracker:
         self.records: list[FrameRecord] = []
         self.num_lost = 0
         self.num_resets = 0
+        self.num_rotation_only = 0
         self._init_ref: Frame | None = None
         self._last: Frame | None = None
         self._velocity: np.ndarray | None = None
@@ -110,6 +111,8 @@ class Tracker:
         self._lost_in_row = 0
         self._last_good_T_wc: np.ndarray | None = None
         self._last_good_depth: float | None = None
+        self._recent_depth: float | None = None
+        self._speed_samples: list[float] = []
         self._local_kfs: list[KeyFrame] = []
         self.max_levels = int(getattr(extractor, "num_levels", 8))
 
@@ -211,7 +214,7 @@ class Tracker:
             cur.T_cw = kf1.T_cw.copy()
             cur.point_ids = kf1.point_ids.copy()
         if self._last_good_T_wc is not None:
-            self._chain_to_previous_map(kf0, median_depth_new=1.0)
+            self._chain_to_previous_map(kf0, kf1)
             cur.T_cw = kf1.T_cw.copy()
         log.info(
             "map %d initialised from frames %d and %d with %d points (%s)",
@@ -329,19 +332,23 @@ class Tracker:
 
     # =============================================================================== tracking
     def _track_frame(self, frame: Frame) -> TrackResult:
-        from slam.optim import optimize_pose
-
-        ok = False
+        ok = rotation_only = False
         last = self._last
         if self.state == TRACKING and last is not None and last.T_cw is not None:
             with self.timer.stage("match"):
                 ok = self._track_motion_model(frame) or self._track_reference_keyframe(frame)
+            if not ok:
+                with self.timer.stage("rotation"):
+                    ok = rotation_only = self._track_rotation_only(frame)
         if not ok:
             with self.timer.stage("relocalise"):
                 ok = self._relocalise(frame)
         if ok:
             with self.timer.stage("local_map"):
-                ok = self._track_local_map(frame)
+                if rotation_only:
+                    self._try_local_map(frame)
+                else:
+                    ok = self._track_local_map(frame)
         if not ok:
             self.state = LOST
             self.num_lost += 1
@@ -356,14 +363,62 @@ class Tracker:
         self._frames_since_kf += 1
         num = frame.num_matched
         new_kf = False
-        if self._need_keyframe(frame, num):
+        if self._need_keyframe(frame, num) or (rotation_only and self._frames_since_kf >= 4):
             self._insert_keyframe(frame)
             new_kf = True
         ref = self._ref_kf
         self._record(frame, ref, frame.T_cw @ invert(ref.T_cw))
         self._last = frame
         self._last_good_T_wc = invert(frame.T_cw)
+        if num >= 30 and not rotation_only:
+            self._recent_depth = self._median_depth_last() or self._recent_depth
+            self._note_motion(frame, last)
         return TrackResult(TRACKING, frame.T_cw, num, new_keyframe=new_kf)
+
+    def _track_rotation_only(self, frame: Frame) -> bool:
+        """The camera turned in place: rotation from 2D-2D matches with the last frame, centre kept.
+
+        Monocular tracking cannot triangulate while the camera only rotates; instead of losing those
+        frames, their orientation is tracked and keyframes are still made, so that points can be
+        triangulated once the camera translates again.
+        """
+        from slam.features.matching import match_descriptors
+        from slam.geometry.rotation import estimate_rotation_ransac
+
+        last = self._last
+        if last is None or len(last.features) == 0 or len(frame.features) == 0 \
+                or last.features.descriptors.shape[1] == 0:
+            return False
+        m = match_descriptors(last.features.descriptors, frame.features.descriptors, frame.features.binary,
+                              ratio=0.8, mutual=True)
+        if len(m) < 30:
+            return False
+        c = self.camera
+        def bearings(uv):
+            b = np.c_[(uv - [c.cx, c.cy]) / [c.fx, c.fy], np.ones(len(uv))]
+            return b / np.linalg.norm(b, axis=1, keepdims=True)
+        b1, b2 = bearings(last.kp_undist[m[:, 0]]), bearings(frame.kp_undist[m[:, 1]])
+        R_21, inl = estimate_rotation_ransac(b1, b2, threshold_rad=2.0 / self.focal, seed=self.cfg.system.seed)
+        if inl.sum() < max(30, 0.6 * len(m)):
+            return False
+        T_cw = np.eye(4)
+        T_cw[:3, :3] = R_21 @ last.T_cw[:3, :3]
+        T_cw[:3, 3] = -T_cw[:3, :3] @ invert(last.T_cw)[:3, 3]
+        frame.T_cw = T_cw
+        frame.point_ids[:] = -1
+        carried = last.point_ids[m[inl, 0]]
+        frame.point_ids[m[inl, 1]] = carried
+        self.num_rotation_only += 1
+        log.debug("frame %d: rotation only (%d inliers of %d)", frame.index, int(inl.sum()), len(m))
+        return True
+
+    def _try_local_map(self, frame: Frame) -> bool:
+        """Local-map tracking that leaves the frame as it was when it fails."""
+        T, ids = frame.T_cw.copy(), frame.point_ids.copy()
+        if self._track_local_map(frame):
+            return True
+        frame.T_cw, frame.point_ids = T, ids
+        return False
 
     def _point_arrays(self, ids: np.ndarray):
         """Positions ``(M, 3)``, descriptors ``(M, D)`` and the ids that are still good map points."""
@@ -559,14 +614,24 @@ class Tracker:
 
     # =============================================================================== loss and reset
     def _reset(self, reason: str) -> None:
+        """Start a new map; the last tracked frame becomes the reference of its initialisation, so the new
+        map can be placed exactly where the old one ended (at the scene depth seen last)."""
         log.warning("%s: starting a new map", reason)
         self.num_resets += 1
-        if self._last is not None and self._last.T_cw is not None:
-            self._last_good_T_wc = invert(self._last.T_cw)
-        self._last_good_depth = self._median_depth_last()
+        last = self._last
+        if last is not None and last.T_cw is not None:
+            self._last_good_T_wc = invert(last.T_cw)
+        depth = self._median_depth_last()
+        if depth is not None:
+            self._recent_depth = depth
+        self._last_good_depth = self._recent_depth
         self.map = self._new_map()
         self.state = INITIALISING
-        self._init_ref = None
+        usable = last is not None and last.T_cw is not None and len(last.features) >= self.tcfg.init_min_matches \
+            and last.features.descriptors.shape[1] > 0
+        self._init_ref = last if usable else None
+        if usable:
+            last.point_ids = np.full(len(last.features), -1, np.int64)
         self._last = None
         self._velocity = None
         self._ref_kf = None
@@ -584,10 +649,38 @@ class Tracker:
         z = z[z > 0]
         return float(np.median(z)) if len(z) else None
 
-    def _chain_to_previous_map(self, kf0: KeyFrame, median_depth_new: float) -> None:
-        """Place a new map so that its first keyframe sits where the camera was last seen, at a comparable scale."""
+    def _recent_speed(self) -> float | None:
+        """Median camera speed (distance per frame) over the last frames tracked with map points."""
+        if len(self._speed_samples) < 3:
+            return None
+        return float(np.median(self._speed_samples))
+
+    def _note_motion(self, frame: Frame, last: Frame | None) -> None:
+        if last is None or last.T_cw is None or frame.index <= last.index:
+            return
+        from slam.geometry.se3 import rotation_angle
+
+        rel = frame.T_cw @ invert(last.T_cw)
+        if np.degrees(rotation_angle(rel[:3, :3])) > 1.0 * (frame.index - last.index):
+            return  # turning: the speed of such frames says little about the usual pace
+        step = np.linalg.norm(invert(frame.T_cw)[:3, 3] - invert(last.T_cw)[:3, 3]) / (frame.index - last.index)
+        self._speed_samples.append(step)
+        del self._speed_samples[:-15]
+
+    def _chain_to_previous_map(self, kf0: KeyFrame, kf1: KeyFrame) -> None:
+        """Place a new map so that its first keyframe sits where the camera was last seen.
+
+        The scale comes from the camera speed before the loss (distance per frame), else from the
+        scene depth seen last; both are priors, since no point is shared with the old map.
+        """
         scale = 1.0
-        if self._last_good_depth is not None and median_depth_new > 0:
-            scale = self._last_good_depth / median_depth_new
+        speed_old = self._recent_speed()
+        frames = max(kf1.frame_index - kf0.frame_index, 1)
+        speed_new = np.linalg.norm(kf1.center - kf0.center) / frames
+        if speed_old is not None and speed_new > 0:
+            scale = speed_old / speed_new
+        elif self._last_good_depth is not None:
+            scale = self._last_good_depth  # the new map's median depth is 1
         T_new_old = self._last_good_T_wc @ kf0.T_cw  # kf0's world frame -> previous world frame
         self.map.transform(T_new_old, scale)
+        self._speed_samples = []

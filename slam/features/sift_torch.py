@@ -315,7 +315,6 @@ class TorchSIFTExtractor(FeatureExtractor):
         gauss = torch.exp(-(gx**2 + gy**2) / (2.0 * (0.5 * DESC_CELLS) ** 2))
         wsp = (wr[:, None, :] * wc[None, :, :] * gauss).reshape(DESC_CELLS * DESC_CELLS, -1)  # (16, S)
         c["desc_wsp_t"] = wsp.t().contiguous().to(device)  # (S, 16)
-        c["obins"] = torch.arange(DESC_BINS, dtype=f32, device=device)
         self._consts[key] = c
         return c
 
@@ -584,9 +583,12 @@ class TorchSIFTExtractor(FeatureExtractor):
         gyr = gy * cos - gx * sin
         mag = torch.sqrt(gxr * gxr + gyr * gyr) * inside
         obin = torch.remainder(torch.atan2(gyr, gxr) * (DESC_BINS / (2.0 * math.pi)), float(DESC_BINS))
-        dist = torch.remainder(obin[..., None] - c["obins"], float(DESC_BINS))
-        dist = torch.minimum(dist, DESC_BINS - dist)
-        contrib = torch.clamp(1.0 - dist, min=0.0) * mag[..., None]  # (B, N, S, 8)
+        o0 = obin.floor()
+        frac = obin - o0
+        o0 = o0.long() % DESC_BINS
+        contrib = torch.zeros(*mag.shape, DESC_BINS, dtype=mag.dtype, device=mag.device)  # (B, N, S, 8)
+        contrib.scatter_(3, o0[..., None], (mag * (1.0 - frac))[..., None])
+        contrib.scatter_add_(3, ((o0 + 1) % DESC_BINS)[..., None], (mag * frac)[..., None])
         desc = torch.matmul(contrib.transpose(-1, -2), c["desc_wsp_t"])  # (B, N, 8, 16)
         desc = desc.transpose(-1, -2).reshape(*theta.shape, DESC_CELLS * DESC_CELLS * DESC_BINS)
         norm = desc.norm(dim=-1, keepdim=True)

@@ -74,8 +74,7 @@ class TubePath:
         self.radius = radius
         self.sign = -1.0 if speed < 0 else 1.0
         var = SmoothNoise(rng, t0, t1, 30.0)
-        rate = lambda t: abs(speed) * (1.0 + speed_variation * np.tanh(var(t)))  # noqa: E731
-        self._travel = cumulative(rate, t0, t1)
+        self._travel = cumulative(lambda t: abs(speed) * (1.0 + speed_variation * np.tanh(var(t))), t0, t1)
         self.t0, self.t1 = t0, t1
         self.total = float(self._travel(t1))
         self._lat = (SmoothNoise(rng, t0, t1, 45.0), SmoothNoise(rng, t0, t1, 45.0))
@@ -138,12 +137,18 @@ class RoomPath:
             ta = 0.45 * frames
             tb = ta + max(0.17 * frames, min(15.0, 0.3 * frames))
             ramp = min(max(1.5, 0.03 * frames), 0.25 * (tb - ta))
-            stop = lambda t: smoothstep((t - ta) / ramp) * (1.0 - smoothstep((t - tb + ramp) / ramp))  # noqa: E731
         else:
             ta = tb = ramp = 0.0
-            stop = lambda t: np.zeros_like(np.asarray(t, np.float64))  # noqa: E731
-        self._stop = stop
-        rate = lambda t: direction * abs(speed) * (1.0 + speed_variation * np.tanh(var(t))) * (1.0 - 0.98 * stop(t))  # noqa: E731
+
+        def stop(t: np.ndarray) -> np.ndarray:
+            """1 inside the rotate-in-place stretch, 0 outside, smooth ramps."""
+            if not rotation_stretch:
+                return np.zeros_like(np.asarray(t, np.float64))
+            return smoothstep((t - ta) / ramp) * (1.0 - smoothstep((t - tb + ramp) / ramp))
+
+        def rate(t: np.ndarray) -> np.ndarray:
+            return direction * abs(speed) * (1.0 + speed_variation * np.tanh(var(t))) * (1.0 - 0.98 * stop(t))
+
         self._travel = cumulative(rate, t0, t1)
         self._progress = cumulative(lambda t: 1.0 - 0.98 * stop(t), t0, t1)  # frozen while rotating in place
         self._r_mean = 0.5 * (self.rx + self.rz)
@@ -151,14 +156,12 @@ class RoomPath:
         self._wobble_amp = math.radians(wobble_deg)
         self._roll = SmoothNoise(rng, t0, t1, 40.0)
         self._roll_amp = math.radians(roll_deg)
-        self._jitter = (SmoothNoise(rng, t0, t1, 40.0), SmoothNoise(rng, t0, t1, 40.0), SmoothNoise(rng, t0, t1, 40.0))
+        self._jitter = tuple(SmoothNoise(rng, t0, t1, 40.0) for _ in range(3))
         sweep = math.radians(rng.uniform(60.0, 100.0)) * (1.0 if rng.random() < 0.5 else -1.0)
         turn = max(tb - ta - 2 * ramp, 1.0)
         sweep = math.copysign(min(abs(sweep), math.radians(3.0) * turn), sweep)  # at most ~4.5 deg/frame
-        if rotation_stretch:
-            self._sweep = lambda t: sweep * smoothstep((t - ta - ramp) / turn)
-        else:
-            self._sweep = lambda t: np.zeros_like(np.asarray(t, np.float64))
+        self._sweep_angle = sweep if rotation_stretch else 0.0
+        self._sweep_start, self._sweep_turn = ta + ramp, turn
         self.stretch = (ta, tb)
 
     def T_wc(self, t: np.ndarray | float) -> np.ndarray:
@@ -171,7 +174,10 @@ class RoomPath:
             self.height + 0.1 * np.tanh(self._jitter[1](tp)),
             self.center[2] + self.rz * np.sin(alpha) + 0.15 * np.tanh(self._jitter[2](tp)),
         ], axis=1)
-        yaw = self.alpha0 + 0.4 * (alpha - self.alpha0) + 3.0 * self._wobble_amp * np.tanh(self._wobble[0](t)) + self._sweep(t)
+        # pan follows the walk around the loop (damped), with slow wobble and the in-place sweep
+        sweep = self._sweep_angle * smoothstep((t - self._sweep_start) / self._sweep_turn)
+        yaw = self.alpha0 + 0.4 * (alpha - self.alpha0) + sweep
+        yaw = yaw + 3.0 * self._wobble_amp * np.tanh(self._wobble[0](t))
         pitch = -0.1 + self._wobble_amp * np.tanh(self._wobble[1](t))
         forward = np.stack([np.cos(yaw) * np.cos(pitch), np.sin(pitch), np.sin(yaw) * np.cos(pitch)], axis=1)
         up = np.tile([0.0, 1.0, 0.0], (len(t), 1))

@@ -169,7 +169,9 @@ def room_texture(rng: np.random.Generator, shape: tuple[int, int], texel: float,
             c0 = int(rng.integers(0, cols - w))
             img[r0:r0 + h, c0:c0 + w] = _poster(rng, (h, w), texel)
     canvas = (np.clip(img, 0, 1) * 255).astype(np.uint8)
-    n_strokes = int(rng.integers(10, 30) * max(1.0, rows * cols * texel * texel / 10.0)) if kind in ("wall", "wood") else 0
+    n_strokes = 0
+    if kind in ("wall", "wood"):
+        n_strokes = int(rng.integers(10, 30) * max(1.0, rows * cols * texel * texel / 10.0))
     for _ in range(n_strokes):
         pts = np.cumsum(rng.normal(0, 0.05 / texel, (int(rng.integers(4, 12)), 2)), axis=0)
         pts += [rng.uniform(0, cols), rng.uniform(0, rows)]
