@@ -73,7 +73,8 @@ class Camera:
 
     @property
     def is_distorted(self) -> bool:
-        return bool(self.dist) and any(abs(d) > 0 for d in self.dist)
+        """True unless this is an ideal pinhole (a fisheye lens is never an ideal pinhole)."""
+        return self.model == "fisheye" or (bool(self.dist) and any(abs(d) > 0 for d in self.dist))
 
     @property
     def size(self) -> tuple[int, int]:
@@ -172,7 +173,7 @@ class Camera:
     def unproject(self, uv: np.ndarray) -> np.ndarray:
         """Distorted pixels ``(N, 2)`` to unit bearing vectors ``(N, 3)`` in the camera frame."""
         uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
-        if self.model == "fisheye" and self.is_distorted:
+        if self.model == "fisheye":
             theta = self._fisheye_theta(uv)
             x = (uv[:, 0] - self.cx) / self.fx
             y = (uv[:, 1] - self.cy) / self.fy
@@ -214,7 +215,8 @@ class Camera:
     def to_calib_line(self) -> str:
         """One line ``fx fy cx cy [dist...]`` as in the folder layout's ``calib.txt``."""
         values = [self.fx, self.fy, self.cx, self.cy, *self.dist]
-        return " ".join(f"{v:.10g}" for v in values)
+        prefix = "fisheye " if self.model == "fisheye" else ""
+        return prefix + " ".join(f"{v:.10g}" for v in values)
 
 
 def read_calib_file(path: str | Path, width: int, height: int, model: str = "pinhole") -> Camera:

@@ -156,7 +156,8 @@ class System:
         return np.concatenate(xyz) if xyz else np.zeros((0, 3)), np.concatenate(rgb) if rgb else np.zeros((0, 3), np.uint8)
 
     def stats(self, wall_s: float) -> dict:
-        tracked = sum(1 for s in self.states if s[2] == "tracking")
+        # frames with a pose (the first frame of a two-view initialisation gets its pose afterwards)
+        tracked = len(self.tracker.records)
         keyframes = sum(len(m.keyframes) for m in self.maps)
         points = sum(len(m.points) for m in self.maps)
         maps_used = sum(1 for m in self.maps if m.keyframes)

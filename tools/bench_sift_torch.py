@@ -151,13 +151,15 @@ def pair_metrics(f1, f2, m1, m2, H, cfg: FeatureConfig, px: float = 3.0) -> dict
         rep_hits += int((d.min(axis=1) <= px).sum()) if d.size else 0
     n_common = int(c1.sum() + c2.sum())
     matches = match_descriptors(f1.descriptors, f2.descriptors, False, cfg.ratio, cfg.mutual)
+    correct = distinct = 0
     if len(matches):
         err = np.linalg.norm(p12[matches[:, 0]] - f2.keypoints[matches[:, 1]], axis=1)
-        correct = int((err <= px).sum())
-    else:
-        correct = 0
+        good = matches[err <= px, 0]
+        correct = len(good)
+        # OpenCV SIFT repeats a keypoint for every secondary orientation: count distinct locations too
+        distinct = len(np.unique(np.round(f1.keypoints[good] * 10.0), axis=0)) if len(good) else 0
     return {"kp": 0.5 * (len(f1) + len(f2)), "rep_hits": rep_hits, "common": n_common, "matches": len(matches),
-            "correct": correct}
+            "correct": correct, "distinct": distinct}
 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -168,12 +170,14 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
         "mma": tot["correct"] / max(tot["matches"], 1),
         "matches": tot["matches"] / len(rows),
         "correct": tot["correct"] / len(rows),
+        "distinct": tot["distinct"] / len(rows),
     }
 
 
 # ------------------------------------------------------------------------------------------------ timing
-def time_torch(ex, gray: np.ndarray, repeats: int, batch: int) -> dict[str, float]:
-    """Milliseconds: per stage (mean), single-frame extract_batch, batched per frame, extract() incl. CLAHE."""
+def time_torch(ex, gray: np.ndarray, repeats: int, batch: int, label: str) -> dict[str, float]:
+    """Milliseconds: per stage (mean, eager), single-frame extract_batch, batched per frame, extract() incl.
+    CLAHE and the transfers."""
     import torch
 
     dev = ex.device
@@ -189,22 +193,23 @@ def time_torch(ex, gray: np.ndarray, repeats: int, batch: int) -> dict[str, floa
         stages: dict[str, float] = {}
         for _ in range(repeats):
             ex.extract_batch(img, timings=stages)
-        out.update({f"stage {k}": v / repeats for k, v in stages.items()})
+        if label == "eager":
+            out.update({f"stage {k}": v / repeats for k, v in stages.items()})
         sync()
         t = time.perf_counter()
         for _ in range(repeats):
             ex.extract_batch(img)
         sync()
-        out["extract_batch B=1 (per frame)"] = (time.perf_counter() - t) * 1000.0 / repeats
+        out[f"{label}: extract_batch B=1 (per frame)"] = (time.perf_counter() - t) * 1000.0 / repeats
         t = time.perf_counter()
         for _ in range(repeats):
             ex.extract_batch(imgs)
         sync()
-        out[f"extract_batch B={batch} (per frame)"] = (time.perf_counter() - t) * 1000.0 / (repeats * batch)
+        out[f"{label}: extract_batch B={batch} (per frame)"] = (time.perf_counter() - t) * 1000.0 / (repeats * batch)
     t = time.perf_counter()
     for _ in range(repeats):
         ex.extract(gray)
-    out["extract() numpy in/out, CLAHE (per frame)"] = (time.perf_counter() - t) * 1000.0 / repeats
+    out[f"{label}: extract() numpy in/out + CLAHE"] = (time.perf_counter() - t) * 1000.0 / repeats
     return out
 
 
@@ -251,8 +256,9 @@ def main() -> None:
 
     if not args.timing_only:
         print(f"\nQuality on homography pairs, {args.num_features} features, 3 px "
-              f"(rep = repeatability, MMA = mean matching accuracy, correct = correct matches per pair)")
-        print(f"{'source':10s} {'extractor':8s} {'kp':>6s} {'rep':>6s} {'MMA':>6s} {'matches':>8s} {'correct':>8s}")
+              f"(rep = repeatability, MMA = mean matching accuracy, correct = correct matches per pair, "
+              f"distinct = at distinct keypoint locations)")
+        print(f"{'source':10s} {'extractor':8s} {'kp':>6s} {'rep':>6s} {'MMA':>6s} {'matches':>8s} {'correct':>8s} {'distinct':>8s}")
         all_rows: dict[str, list] = {"opencv": [], "torch": []}
         for src in args.sources:
             frames = load_source(src, args.cache, args.images, (640, 480))
@@ -270,16 +276,17 @@ def main() -> None:
                 s = summarise(rows[name])
                 all_rows[name] += rows[name]
                 print(f"{src:10s} {name:8s} {s['kp']:6.0f} {s['rep']:6.3f} {s['mma']:6.3f} {s['matches']:8.1f} "
-                      f"{s['correct']:8.1f}")
+                      f"{s['correct']:8.1f} {s['distinct']:8.1f}")
         if all_rows["opencv"]:
             for name in all_rows:
                 s = summarise(all_rows[name])
                 print(f"{'ALL':10s} {name:8s} {s['kp']:6.0f} {s['rep']:6.3f} {s['mma']:6.3f} {s['matches']:8.1f} "
-                      f"{s['correct']:8.1f}")
+                      f"{s['correct']:8.1f} {s['distinct']:8.1f}")
             so, st = summarise(all_rows["opencv"]), summarise(all_rows["torch"])
             print(f"torch / opencv: repeatability {st['rep'] / max(so['rep'], 1e-9):.3f}, "
                   f"MMA {st['mma'] / max(so['mma'], 1e-9):.3f}, correct matches "
-                  f"{st['correct'] / max(so['correct'], 1e-9):.3f}")
+                  f"{st['correct'] / max(so['correct'], 1e-9):.3f}, at distinct locations "
+                  f"{st['distinct'] / max(so['distinct'], 1e-9):.3f}")
 
     if not args.quality_only:
         gray = textured_image(640, 480, 7) if first_image is None or first_image.shape != (480, 640) else first_image
@@ -289,7 +296,17 @@ def main() -> None:
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         print(f"\nTiming, 640x480, {args.num_features} features, device {args.device} ({name}), "
               f"mean of {args.repeats} runs")
-        res = time_torch(tex, gray, args.repeats, args.batch)
+        res = time_torch(tex, gray, args.repeats, args.batch, "eager")
+        if dev.type == "cuda":
+            graphed = TorchSIFTExtractor(cfg, device=args.device, cuda_graph=True, **kwargs)
+            res.update(time_torch(graphed, gray, args.repeats, args.batch, "cuda graph"))
+            cpu = TorchSIFTExtractor(cfg, device="cpu", **kwargs)
+            ref = cpu.extract(gray)
+            for label, ex in (("eager", tex), ("cuda graph", graphed)):
+                got = ex.extract(gray)
+                d = np.linalg.norm(got.keypoints[:, None] - ref.keypoints[None], axis=2).min(axis=1)
+                print(f"  {label} on {args.device} vs CPU: {len(got)} / {len(ref)} keypoints, "
+                      f"{(d < 0.05).mean():.3f} within 0.05 px of a CPU keypoint")
         for k, v in res.items():
             print(f"  {k:45s} {v:9.3f} ms")
         print(f"  {'OpenCV SIFT extract() on CPU (per frame)':45s} {time_opencv(cvx, gray, max(3, args.repeats // 4)):9.3f} ms")

@@ -53,6 +53,7 @@ class Job:
     out_dir: str
     config: str | None = None
     overrides: list[str] = field(default_factory=list)
+    calib: str | None = None
     repeat: int = 0
     timeout_s: float | None = None
     threads: int | None = None
@@ -196,7 +197,7 @@ def run_job(job: Job) -> dict:
     stats = evaluation = None
     try:
         cfg = load_config(job.config, job.overrides)
-        source = open_source(job.path, cfg.source)
+        source = open_source(job.path, cfg.source, calib=job.calib)
         on_frame = _soak_sampler(job.sample_every, sampler, samples) if job.sample_every > 0 else None
         with sampler:
             outcome = run_source(source, cfg, out, on_frame=on_frame, progress=False)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 # parent -> children, in pipeline order; a stage not named anywhere is shown as a root
 STAGE_TREE: dict[str, tuple[str, ...]] = {
-    "frame": ("extract", "flow", "describe", "init", "match", "pose", "local_map", "relocalise"),
+    "frame": ("extract", "flow", "describe", "init", "match", "rotation", "pose", "local_map", "relocalise"),
     "mapping": ("triangulate", "fuse", "ba"),
 }
 

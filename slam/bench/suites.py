@@ -37,11 +37,11 @@ FRONTENDS = ("descriptors", "flow", "hybrid")
 # base config per detected layout of a real sequence (the plain folder layout: see _folder_config)
 LAYOUT_CONFIGS = {"kitti": "kitti", "euroc": "euroc", "tum": "tum", "c3vd": "c3vd", "endoslam": "endoslam",
                   "hamlyn": "hamlyn"}
-# known shared sequences: name -> (base config, overrides)
-REAL_SEQUENCES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "sinus_dev": ("endoscopy", ("source.resize=0.5",)),  # 1920x1080: half size, as in DESIGN.md's table
-    "kitti01_clip": ("kitti", ()),
-    "euroc_v101_static_f000-039": ("euroc", ()),
+# known shared sequences: name -> (base config, overrides, calibration file relative to the sequence)
+REAL_SEQUENCES: dict[str, tuple[str, tuple[str, ...], str | None]] = {
+    "sinus_dev": ("endoscopy", ("source.resize=0.5",), None),  # 1920x1080: half size, as in DESIGN.md
+    "kitti01_clip": ("kitti", (), None),
+    "euroc_v101_static_f000-039": ("euroc", (), "calib/cam0_sensor.yaml"),  # no motion: must not map
 }
 MIN_FRAMES = 10  # a folder with fewer frames is not a sequence worth benchmarking (e.g. 4 TUM views)
 
@@ -92,13 +92,15 @@ class SynthSpec:
 
 @dataclass(frozen=True)
 class Sequence:
-    """One sequence of a suite: a path (or a synthetic spec to render), its base config and overrides."""
+    """One sequence of a suite: a path (or a synthetic spec to render), its base config and overrides,
+    and a calibration file where the layout has none of its own."""
 
     name: str
     path: str | None = None
     config: str | None = None
     overrides: tuple[str, ...] = ()
     synth: SynthSpec | None = None
+    calib: str | None = None
 
     def resolved(self, cache_dir: str | Path) -> "Sequence":
         """This sequence with ``path`` set (rendering a synthetic one into ``cache_dir`` if needed)."""
@@ -187,24 +189,30 @@ def synthetic_suite(name: str, presets: tuple[str, ...], frames: int, size: tupl
     return Suite(name, description, seqs)
 
 
-def _frame_count(path: Path, config: str | None) -> int:
+def _frame_count(path: Path, config: str | None, calib: str | None) -> int:
     from slam.config import load_config
     from slam.sources import open_source
 
-    src = open_source(str(path), load_config(config).source)
+    src = open_source(str(path), load_config(config).source, calib=calib)
     try:
         return len(src)
     finally:
         src.close()
 
 
-def _folder_config(path: Path, layout: str) -> tuple[str, tuple[str, ...]]:
+def _folder_config(path: Path, layout: str) -> tuple[str, tuple[str, ...], str | None]:
+    """Base config, overrides and calibration file (absolute, or None) of a sequence folder."""
     if path.name in REAL_SEQUENCES:
-        return REAL_SEQUENCES[path.name]
+        base, overrides, calib = REAL_SEQUENCES[path.name]
+        return base, overrides, str(path / calib) if calib else None
+    calib = None
+    if layout == "folder" and not (path / "calib.txt").is_file():
+        yamls = sorted((path / "calib").glob("*.yaml")) if (path / "calib").is_dir() else []
+        calib = str(yamls[0]) if len(yamls) == 1 else None
     if layout in LAYOUT_CONFIGS:
-        return LAYOUT_CONFIGS[layout], ()
+        return LAYOUT_CONFIGS[layout], (), calib
     # the plain folder layout: a mask file means an endoscope's field of view
-    return ("endoscopy" if (path / "mask.png").is_file() else "default"), ()
+    return ("endoscopy" if (path / "mask.png").is_file() else "default"), (), calib
 
 
 def folder_suite(root: str | Path, name: str | None = None, config: str | None = None) -> Suite:
@@ -226,17 +234,17 @@ def folder_suite(root: str | Path, name: str | None = None, config: str | None =
         layout = detect_layout(path)
         if layout is None:
             continue
-        base, overrides = _folder_config(path, layout)
+        base, overrides, calib = _folder_config(path, layout)
         base = config or base
         try:
-            n = _frame_count(path, base)
+            n = _frame_count(path, base, calib)
         except Exception as exc:  # a folder we cannot open is reported, not fatal to the suite
             skipped.append(f"{path.name} ({exc})")
             continue
         if n < MIN_FRAMES:
             skipped.append(f"{path.name} ({n} frames)")
             continue
-        seqs.append(Sequence(path.name, str(path), base, overrides))
+        seqs.append(Sequence(path.name, str(path), base, overrides, calib=calib))
     for s in skipped:
         log.info("not benchmarked: %s", s)
     if not seqs:

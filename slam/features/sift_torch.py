@@ -142,8 +142,14 @@ def _neighbourhood_max_min(ring: Any) -> tuple[Any, Any]:
     return out[0], out[1]
 
 
-def _hessian_2d(layers: Any) -> tuple[Any, Any, Any]:
-    """Finite-difference ``dxx, dyy, dxy`` (each ``(B, L, h, w)``) at the interior of ``layers (B, L, h+2, w+2)``."""
+def _hessian_2d(layers: Any, kernel: Any) -> tuple[Any, Any, Any]:
+    """Finite-difference ``dxx, dyy, dxy`` (each ``(B, L, h, w)``) at the interior of ``layers (B, L, h+2, w+2)``;
+    on CUDA one convolution with ``kernel (3, 1, 3, 3)``, elsewhere slices (faster on CPU)."""
+    if layers.device.type == "cuda":
+        torch = _torch()
+        b, n_l, hp, wp = layers.shape
+        out = torch.nn.functional.conv2d(layers.reshape(b * n_l, 1, hp, wp), kernel).view(b, n_l, 3, hp - 2, wp - 2)
+        return out[:, :, 0], out[:, :, 1], out[:, :, 2]
     c = layers[..., 1:-1, 1:-1]
     dxx = layers[..., 1:-1, 2:] + layers[..., 1:-1, :-2] - 2.0 * c
     dyy = layers[..., 2:, 1:-1] + layers[..., :-2, 1:-1] - 2.0 * c
@@ -224,14 +230,57 @@ class _StageClock:
 
 
 @dataclass
-class _Pyramid:
-    """Gaussian and DoG scale space of a batch; per-octave geometry as Python ints."""
+class _Geometry:
+    """Octave sizes and buffer layouts of one image size on one device, as Python ints (for slicing) and as
+    device tensors (for per-keypoint look-ups without host round trips)."""
 
-    gauss: list  # per octave (B, 6, H_o, W_o)
-    dog_flat: Any  # (B, sum_o 5 H_o W_o): DoG of all octaves, flattened per image
     heights: list[int]
     widths: list[int]
-    dog_offsets: list[int]
+    dog_offsets: list[int]  # start of octave o in the per-image DoG buffer (5 layers)
+    dog_total: int
+    score_offsets: list[int]  # start of octave o in the per-image candidate buffer (layers 1..3)
+    score_total: int
+    atlas_x0: list[int]  # first column of octave o in the gradient atlas
+    t_h: Any  # (n_oct,) int64
+    t_w: Any
+    t_hw: Any
+    t_dog_off: Any
+    t_score_off: Any
+    t_hf: Any  # (n_oct,) float32
+    t_wf: Any
+    t_x0: Any
+
+    @staticmethod
+    def build(height: int, width: int, max_octaves: int | None, device: Any) -> "_Geometry":
+        torch = _torch()
+        n_oct = _octave_count(height, width, max_octaves)
+        hs = [height >> o for o in range(n_oct)]
+        ws = [width >> o for o in range(n_oct)]
+
+        def starts(sizes: list[int]) -> list[int]:
+            return [sum(sizes[:o]) for o in range(len(sizes))]
+
+        dog_sizes = [5 * h * w for h, w in zip(hs, ws)]
+        score_sizes = [OCTAVE_LAYERS * h * w for h, w in zip(hs, ws)]
+        x0 = starts(ws)
+
+        def t(values: list, dtype: Any = torch.long) -> Any:
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        return _Geometry(
+            hs, ws, starts(dog_sizes), sum(dog_sizes), starts(score_sizes), sum(score_sizes), x0,
+            t(hs), t(ws), t([h * w for h, w in zip(hs, ws)]), t(starts(dog_sizes)), t(starts(score_sizes)),
+            t(hs, torch.float32), t(ws, torch.float32), t(x0, torch.float32),
+        )
+
+
+@dataclass
+class _Pyramid:
+    """Gaussian and DoG scale space of a batch."""
+
+    gauss: list  # per octave (B, 6, H_o, W_o)
+    dog_flat: Any  # (B, dog_total): DoG of all octaves, flattened per image (None when not needed)
+    geo: _Geometry
 
 
 class TorchSIFTExtractor(FeatureExtractor):
@@ -246,6 +295,9 @@ class TorchSIFTExtractor(FeatureExtractor):
         refine_steps: quadratic refinement steps (1 = a single step; more lets a keypoint move to the
             neighbouring sample and refit, as Lowe's SIFT does up to 5 times).
         max_octaves: limit on the octaves built (None: while the shorter side is >= 16 px).
+        cuda_graph: on CUDA, run :meth:`extract_batch` through a CUDA graph captured on the first call for
+            each input shape (removes the launch overhead of the few hundred small kernels; falls back to
+            eager execution, with a warning, if capture fails).
     """
 
     name = "sift"
@@ -260,6 +312,7 @@ class TorchSIFTExtractor(FeatureExtractor):
         candidate_factor: float = 4.0,
         refine_steps: int = 2,
         max_octaves: int | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         torch = _torch()
         check_config(cfg)
@@ -282,12 +335,15 @@ class TorchSIFTExtractor(FeatureExtractor):
         self.refine_steps = int(refine_steps)
         self.max_octaves = max_octaves
         self.scale_factor = SCALE_FACTOR
-        self._consts: dict[tuple, Any] = {}  # per (device, dtype) constant tensors
+        self._consts: dict[str, Any] = {}  # per device: constant tensors
+        self._geometries: dict[tuple, _Geometry] = {}  # per (device, H, W)
+        self.cuda_graph = bool(cuda_graph)
+        self._graphs: dict[tuple, Any] = {}  # per (device, shape, masked): captured graph or False
 
     # ------------------------------------------------------------------------------------ constants
     def _const(self, device: Any) -> dict[str, Any]:
         """Kernels and sampling patterns on ``device`` (built once per device)."""
-        key = (str(device),)
+        key = str(device)
         if key in self._consts:
             return self._consts[key]
         torch = _torch()
@@ -315,8 +371,43 @@ class TorchSIFTExtractor(FeatureExtractor):
         gauss = torch.exp(-(gx**2 + gy**2) / (2.0 * (0.5 * DESC_CELLS) ** 2))
         wsp = (wr[:, None, :] * wc[None, :, :] * gauss).reshape(DESC_CELLS * DESC_CELLS, -1)  # (16, S)
         c["desc_wsp_t"] = wsp.t().contiguous().to(device)  # (S, 16)
+        # refinement: neighbour offsets (27, 3) in (x, y, layer) with the 27 samples in (layer, y, x) order,
+        # finite differences (27, 10) -> value, dx, dy, ds, dxx, dyy, dss, dxy, dxs, dys
+        d = torch.arange(-1, 2)
+        dl, dy, dx = (v.reshape(-1) for v in torch.meshgrid(d, d, d, indexing="ij"))
+        c["nb"] = torch.stack([dx, dy, dl], -1).to(device)  # (27, 3) int64
+        fd = torch.zeros(3, 3, 3, 10, dtype=f32)  # [layer, y, x, derivative]
+        fd[1, 1, 1, 0] = 1.0
+        fd[1, 1, 2, 1], fd[1, 1, 0, 1] = 0.5, -0.5
+        fd[1, 2, 1, 2], fd[1, 0, 1, 2] = 0.5, -0.5
+        fd[2, 1, 1, 3], fd[0, 1, 1, 3] = 0.5, -0.5
+        for k, (a, bb) in enumerate([((1, 1, 2), (1, 1, 0)), ((1, 2, 1), (1, 0, 1)), ((2, 1, 1), (0, 1, 1))]):
+            fd[a + (4 + k,)], fd[bb + (4 + k,)], fd[1, 1, 1, 4 + k] = 1.0, 1.0, -2.0
+        for k, (i, j) in enumerate([(2, 1), (2, 0), (1, 0)]):  # (xy, xs, ys): axes in (layer, y, x) order
+            for si in (-1, 1):
+                for sj in (-1, 1):
+                    idx = [1, 1, 1]
+                    idx[i] += si
+                    idx[j] += sj
+                    fd[tuple(idx) + (7 + k,)] = 0.25 * si * sj
+        c["fd"] = fd.reshape(27, 10).to(device)
+        c["hess_idx"] = torch.tensor([4, 7, 8, 7, 5, 9, 8, 9, 6], device=device)  # 3x3 in (x, y, s)
+        c["rot1"] = torch.tensor([1, 2, 0], device=device)
+        c["rot2"] = torch.tensor([2, 0, 1], device=device)
+        c["pos_lo"] = torch.tensor([IMG_BORDER, IMG_BORDER, 1], device=device)
+        h2 = torch.zeros(3, 1, 3, 3, dtype=f32)  # 2-D Hessian as cross-correlation kernels: dxx, dyy, dxy
+        h2[0, 0, 1] = torch.tensor([1.0, -2.0, 1.0])
+        h2[1, 0, :, 1] = torch.tensor([1.0, -2.0, 1.0])
+        h2[2, 0] = 0.25 * torch.tensor([[1.0, 0.0, -1.0], [0.0, 0.0, 0.0], [-1.0, 0.0, 1.0]])
+        c["hess2d"] = h2.to(device)
         self._consts[key] = c
         return c
+
+    def _geometry(self, device: Any, height: int, width: int) -> _Geometry:
+        key = (str(device), int(height), int(width))
+        if key not in self._geometries:
+            self._geometries[key] = _Geometry.build(int(height), int(width), self.max_octaves, device)
+        return self._geometries[key]
 
     # ------------------------------------------------------------------------------------ scale space
     def _blur_stack(self, x: Any, bank: Any, radius: int) -> Any:
@@ -337,14 +428,10 @@ class TorchSIFTExtractor(FeatureExtractor):
         torch = _torch()
         c = self._const(img.device)
         b, _, h, w = img.shape
-        n_oct = _octave_count(h, w, self.max_octaves)
-        heights = [h >> o for o in range(n_oct)]
-        widths = [w >> o for o in range(n_oct)]
-        sizes = [5 * hh * ww for hh, ww in zip(heights, widths)]
-        offsets = [0]
-        for s in sizes[:-1]:
-            offsets.append(offsets[-1] + s)
-        dog_flat = torch.empty(b, sum(sizes), dtype=img.dtype, device=img.device) if with_dog else None
+        geo = self._geometry(img.device, h, w)
+        heights, widths, offsets = geo.heights, geo.widths, geo.dog_offsets
+        n_oct = len(heights)
+        dog_flat = torch.empty(b, geo.dog_total, dtype=img.dtype, device=img.device) if with_dog else None
         gauss = []
         base = img
         for o in range(n_oct):
@@ -354,123 +441,102 @@ class TorchSIFTExtractor(FeatureExtractor):
                 g = self._blur_stack(base, c["k_next"], c["r_next"])
             gauss.append(g)
             if with_dog:
-                view = dog_flat[:, offsets[o] : offsets[o] + sizes[o]].view(b, 5, heights[o], widths[o])
+                view = dog_flat[:, offsets[o] : offsets[o] + 5 * heights[o] * widths[o]]
+                view = view.view(b, 5, heights[o], widths[o])
                 torch.sub(g[:, 1:], g[:, :-1], out=view)
             if o + 1 < n_oct:
                 base = g[:, OCTAVE_LAYERS : OCTAVE_LAYERS + 1, : 2 * heights[o + 1] : 2, : 2 * widths[o + 1] : 2]
                 base = base.contiguous()
-        return _Pyramid(gauss, dog_flat, heights, widths, offsets)
+        return _Pyramid(gauss, dog_flat, geo)
 
     # ------------------------------------------------------------------------------------ detection
-    def _candidate_scores(self, pyr: _Pyramid, masks: Any) -> tuple[Any, list[int]]:
-        """``(B, sum_o 3 H_o W_o)`` |DoG| at the extrema that pass the pre-contrast, edge, border and mask
-        tests (0 elsewhere), layers 1..3 of every octave; and the per-octave offsets in that layout."""
+    def _candidate_scores(self, pyr: _Pyramid, masks: Any) -> Any:
+        """``(B, score_total)`` |DoG| at the extrema that pass the pre-contrast, edge, border and mask tests
+        (0 elsewhere), layers 1..3 of every octave (layout: ``_Geometry.score_offsets``)."""
         torch = _torch()
+        c = self._const(pyr.dog_flat.device)
         b = pyr.dog_flat.shape[0]
         thr = 0.5 * float(self.cfg.sift_contrast_threshold) / OCTAVE_LAYERS
         r = float(self.cfg.sift_edge_threshold)
         edge_k = (r + 1.0) ** 2 / r
-        sizes = [3 * hh * ww for hh, ww in zip(pyr.heights, pyr.widths)]
-        offsets = [0]
-        for s in sizes[:-1]:
-            offsets.append(offsets[-1] + s)
-        score = torch.zeros(b, sum(sizes), dtype=pyr.dog_flat.dtype, device=pyr.dog_flat.device)
+        geo = pyr.geo
+        offsets = geo.score_offsets
+        score = torch.zeros(b, geo.score_total, dtype=pyr.dog_flat.dtype, device=pyr.dog_flat.device)
         e = IMG_BORDER
-        for o, (hh, ww) in enumerate(zip(pyr.heights, pyr.widths)):
+        for o, (hh, ww) in enumerate(zip(geo.heights, geo.widths)):
             if hh <= 2 * e or ww <= 2 * e:
                 continue
-            dog = pyr.dog_flat[:, pyr.dog_offsets[o] : pyr.dog_offsets[o] + 5 * hh * ww].view(b, 5, hh, ww)
+            dog = pyr.dog_flat[:, geo.dog_offsets[o] : geo.dog_offsets[o] + 5 * hh * ww].view(b, 5, hh, ww)
             # interior [e, h - e) x [e, w - e) of layers 1..3 and the ring of neighbours around it
             ring = dog[:, :, e - 1 : hh - e + 1, e - 1 : ww - e + 1]
             mid = ring[:, 1:4, 1:-1, 1:-1]
             vmax, vmin = _neighbourhood_max_min(ring)
             ext = ((mid >= vmax) & (mid > thr)) | ((mid <= vmin) & (mid < -thr))
-            dxx, dyy, dxy = _hessian_2d(ring[:, 1:4])
+            dxx, dyy, dxy = _hessian_2d(ring[:, 1:4], c["hess2d"])
             tr = dxx + dyy
             det = dxx * dyy - dxy * dxy
             ok = ext & (det > 0) & (tr * tr < edge_k * det)
             if masks is not None:
                 f = 1 << o
                 ok = ok & masks[:, None, e * f : (hh - e) * f : f, e * f : (ww - e) * f : f]
-            view = score[:, offsets[o] : offsets[o] + sizes[o]].view(b, 3, hh, ww)
+            view = score[:, offsets[o] : offsets[o] + 3 * hh * ww].view(b, 3, hh, ww)
             torch.where(ok, mid.abs(), torch.zeros((), dtype=mid.dtype, device=mid.device),
                         out=view[:, :, e : hh - e, e : ww - e])
-        return score, offsets
+        return score
 
     def _refine(self, pyr: _Pyramid, o: Any, layer: Any, y: Any, x: Any, valid: Any) -> dict[str, Any]:
         """Quadratic sub-pixel / sub-scale refinement of candidates given as ``(B, N)`` int64 octave, layer
-        (1..3), row, column and bool ``valid``; returns refined geometry and the updated validity."""
+        (1..3), row, column and bool ``valid``; returns refined geometry and the updated validity.
+
+        The 27 DoG samples around each candidate are gathered from the flat DoG buffer; gradient and Hessian
+        in (x, y, scale) are one matrix product with a constant (27, 10) finite-difference matrix; the 3x3
+        system is solved by the adjugate (cross products of the Hessian's rows)."""
         torch = _torch()
-        dev = pyr.dog_flat.device
-        hs = torch.tensor(pyr.heights, device=dev)
-        ws = torch.tensor(pyr.widths, device=dev)
-        offs = torch.tensor(pyr.dog_offsets, device=dev)
-        h_o, w_o, off_o = hs[o], ws[o], offs[o]
-        hw_o = h_o * w_o
-        d = torch.arange(-1, 2, device=dev)
-        dl, dy, dx = torch.meshgrid(d, d, d, indexing="ij")
-        dl, dy, dx = dl.reshape(-1), dy.reshape(-1), dx.reshape(-1)  # (27,) in (layer, y, x) order
+        c = self._const(pyr.dog_flat.device)
+        geo = pyr.geo
+        h_o, w_o, off_o, hw_o = geo.t_h[o], geo.t_w[o], geo.t_dog_off[o], geo.t_hw[o]
         b, n = o.shape
         ct = float(self.cfg.sift_contrast_threshold) / OCTAVE_LAYERS
         r = float(self.cfg.sift_edge_threshold)
-        converged = torch.zeros_like(valid)
+        pos = torch.stack([x, y, layer], -1)  # (B, N, 3) sample (x, y, layer) in the octave
+        strides = torch.stack([torch.ones_like(w_o), w_o, hw_o], -1)
+        lo = c["pos_lo"]
+        hi = torch.stack([w_o - IMG_BORDER, h_o - IMG_BORDER, torch.full_like(w_o, OCTAVE_LAYERS + 1)], -1)
         for step in range(self.refine_steps):
-            base = off_o + (layer * h_o + y) * w_o + x
-            idx = base[..., None] + dl * hw_o[..., None] + dy * w_o[..., None] + dx
+            base = off_o + (pos * strides).sum(-1)
+            idx = base[..., None] + (strides[..., None, :] * c["nb"]).sum(-1)  # (B, N, 27)
             idx = torch.where(valid[..., None], idx, torch.zeros_like(idx))
-            v = torch.gather(pyr.dog_flat, 1, idx.view(b, -1)).view(b, n, 3, 3, 3)
-            c0 = v[..., 1, 1, 1]
-            gx = 0.5 * (v[..., 1, 1, 2] - v[..., 1, 1, 0])
-            gy = 0.5 * (v[..., 1, 2, 1] - v[..., 1, 0, 1])
-            gs = 0.5 * (v[..., 2, 1, 1] - v[..., 0, 1, 1])
-            hxx = v[..., 1, 1, 2] + v[..., 1, 1, 0] - 2.0 * c0
-            hyy = v[..., 1, 2, 1] + v[..., 1, 0, 1] - 2.0 * c0
-            hss = v[..., 2, 1, 1] + v[..., 0, 1, 1] - 2.0 * c0
-            hxy = 0.25 * (v[..., 1, 2, 2] - v[..., 1, 2, 0] - v[..., 1, 0, 2] + v[..., 1, 0, 0])
-            hxs = 0.25 * (v[..., 2, 1, 2] - v[..., 2, 1, 0] - v[..., 0, 1, 2] + v[..., 0, 1, 0])
-            hys = 0.25 * (v[..., 2, 2, 1] - v[..., 2, 0, 1] - v[..., 0, 2, 1] + v[..., 0, 0, 1])
-            # offset = -H^-1 g by the adjugate (H symmetric)
-            a00 = hyy * hss - hys * hys
-            a01 = hxs * hys - hxy * hss
-            a02 = hxy * hys - hxs * hyy
-            a11 = hxx * hss - hxs * hxs
-            a12 = hxy * hxs - hxx * hys
-            a22 = hxx * hyy - hxy * hxy
-            det = hxx * a00 + hxy * a01 + hxs * a02
+            v = torch.gather(pyr.dog_flat, 1, idx.view(b, -1)).view(b, n, 27)
+            d = torch.matmul(v, c["fd"])  # (B, N, 10): value, gradient (3), Hessian entries (6)
+            hess = d[..., c["hess_idx"]].view(b, n, 3, 3)
+            grad = d[..., 1:4]
+            adj = torch.linalg.cross(hess[..., c["rot1"], :], hess[..., c["rot2"], :], dim=-1)
+            det = (hess[..., 0, :] * adj[..., 0, :]).sum(-1)
             solvable = det.abs() > 1e-12
-            inv = torch.where(solvable, 1.0 / torch.where(solvable, det, torch.ones_like(det)), torch.zeros_like(det))
-            ox = -(a00 * gx + a01 * gy + a02 * gs) * inv
-            oy = -(a01 * gx + a11 * gy + a12 * gs) * inv
-            os_ = -(a02 * gx + a12 * gy + a22 * gs) * inv
-            big = torch.maximum(torch.maximum(ox.abs(), oy.abs()), os_.abs())
+            inv = 1.0 / torch.where(solvable, det, torch.ones_like(det))
+            off = -torch.matmul(adj, grad[..., None])[..., 0] * torch.where(solvable, inv, torch.zeros_like(inv))[..., None]
+            big = off.abs().amax(-1)
             converged = valid & solvable & (big < 0.5)
             if step == self.refine_steps - 1:
                 break
             move = valid & solvable & ~converged & (big < 1e3)
-            x = torch.where(move, x + torch.round(ox).long(), x)
-            y = torch.where(move, y + torch.round(oy).long(), y)
-            layer = torch.where(move, layer + torch.round(os_).long(), layer)
-            inside = (
-                (layer >= 1) & (layer <= OCTAVE_LAYERS) & (x >= IMG_BORDER) & (x < w_o - IMG_BORDER)
-                & (y >= IMG_BORDER) & (y < h_o - IMG_BORDER)
-            )
-            valid = valid & solvable & (big < 1e3) & inside
-        contrast = c0 + 0.5 * (gx * ox + gy * oy + gs * os_)
+            pos = torch.where(move[..., None], pos + torch.round(off).long(), pos)
+            valid = valid & solvable & (big < 1e3) & ((pos >= lo) & (pos < hi)).all(-1)
+        contrast = d[..., 0] + 0.5 * (grad * off).sum(-1)
+        hxx, hyy, hxy = hess[..., 0, 0], hess[..., 1, 1], hess[..., 0, 1]
         tr = hxx + hyy
         det2 = hxx * hyy - hxy * hxy
         ok = converged & (contrast.abs() >= ct) & (det2 > 0) & (tr * tr * r < (r + 1.0) ** 2 * det2)
-        scale = (2.0 ** o.to(torch.float32))
-        x_oct = x.to(torch.float32) + ox
-        y_oct = y.to(torch.float32) + oy
-        sigma_oct = SIGMA0 * torch.pow(2.0, (layer.to(torch.float32) + os_) / OCTAVE_LAYERS)
+        sub = pos.to(torch.float32) + off  # (x, y, layer) with sub-sample offsets
+        scale = 2.0 ** o.to(torch.float32)
         return {
             "valid": ok,
             "octave": o,
-            "layer": layer,
-            "x_oct": x_oct,
-            "y_oct": y_oct,
-            "sigma_oct": sigma_oct,
-            "xy": torch.stack([x_oct * scale, y_oct * scale], -1),
+            "layer": pos[..., 2],
+            "x_oct": sub[..., 0],
+            "y_oct": sub[..., 1],
+            "sigma_oct": SIGMA0 * torch.pow(2.0, sub[..., 2] * (1.0 / OCTAVE_LAYERS)),
+            "xy": sub[..., :2] * scale[..., None],
             "response": contrast.abs(),
         }
 
@@ -500,52 +566,47 @@ class TorchSIFTExtractor(FeatureExtractor):
         return final, torch.gather(valid, 1, final)
 
     # ------------------------------------------------------------------------------------ description
-    def _gradient_atlas(self, pyr: _Pyramid) -> tuple[Any, Any]:
+    def _gradient_atlas(self, pyr: _Pyramid) -> Any:
         """Gradients (central differences, y down) of the Gaussian layers 1..3 of all octaves packed into
         one ``(B, 2, 3 H, sum_o W_o)`` tensor: layer l-1 in rows ``[(l-1) H, (l-1) H + H_o)``, octave o in
-        columns from ``x0[o]``. Returns it and the ``(n_oct,)`` float32 column offsets ``x0``."""
+        columns from ``_Geometry.atlas_x0[o]``; zero outside the images' interiors."""
         torch = _torch()
+        geo = pyr.geo
         g0 = pyr.gauss[0]
         b = g0.shape[0]
-        h = pyr.heights[0]
-        wc = sum(pyr.widths)
+        h = geo.heights[0]
+        wc = sum(geo.widths)
         atlas = torch.zeros(b, 2, OCTAVE_LAYERS, h, wc, dtype=g0.dtype, device=g0.device)
-        x0 = 0
-        starts = []
         for o, g in enumerate(pyr.gauss):
-            hh, ww = pyr.heights[o], pyr.widths[o]
+            hh, ww, x0 = geo.heights[o], geo.widths[o], geo.atlas_x0[o]
             layers = g[:, 1 : OCTAVE_LAYERS + 1]
-            starts.append(x0)
             torch.sub(layers[..., 2:], layers[..., :-2], out=atlas[:, 0, :, :hh, x0 + 1 : x0 + ww - 1])
             torch.sub(layers[..., 2:, :], layers[..., :-2, :], out=atlas[:, 1, :, 1 : hh - 1, x0 : x0 + ww])
-            x0 += ww
-        return atlas.view(b, 2, OCTAVE_LAYERS * h, wc), torch.tensor(starts, dtype=torch.float32, device=g0.device)
+        return atlas.view(b, 2, OCTAVE_LAYERS * h, wc)
 
-    def _sample(self, atlas: Any, x0: Any, pyr: _Pyramid, kp: dict[str, Any], offsets: Any) -> tuple[Any, Any, Any]:
+    def _sample(self, atlas: Any, geo: _Geometry, kp: dict[str, Any], offsets: Any) -> tuple[Any, Any, Any]:
         """Gradients at ``offsets (B, N, S, 2)`` (octave pixels) around every keypoint by ``grid_sample``:
         ``(gx, gy, inside)`` each ``(B, N, S)``; samples outside the keypoint's octave image are not inside."""
         torch = _torch()
-        dev = atlas.device
-        hs = torch.tensor(pyr.heights, dtype=torch.float32, device=dev)
-        ws = torch.tensor(pyr.widths, dtype=torch.float32, device=dev)
+        hs, ws = geo.t_hf, geo.t_wf
         o = kp["octave"]
         px = kp["x_oct"][..., None] + offsets[..., 0]
         py = kp["y_oct"][..., None] + offsets[..., 1]
         inside = (px >= 0) & (py >= 0) & (px <= (ws[o] - 1.0)[..., None]) & (py <= (hs[o] - 1.0)[..., None])
-        ax = x0[o][..., None] + px
-        ay = ((kp["layer"] - 1).to(torch.float32) * pyr.heights[0])[..., None] + py
+        ax = geo.t_x0[o][..., None] + px
+        ay = ((kp["layer"] - 1).to(torch.float32) * geo.heights[0])[..., None] + py
         hc, wc = atlas.shape[-2:]
         grid = torch.stack([ax * (2.0 / (wc - 1)) - 1.0, ay * (2.0 / (hc - 1)) - 1.0], -1)
         out = torch.nn.functional.grid_sample(atlas, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         return out[:, 0], out[:, 1], inside
 
-    def _orientation(self, atlas: Any, x0: Any, pyr: _Pyramid, kp: dict[str, Any]) -> Any:
+    def _orientation(self, atlas: Any, geo: _Geometry, kp: dict[str, Any]) -> Any:
         """``(B, N)`` float32 dominant gradient orientation in radians, [0, 2 pi), y down."""
         torch = _torch()
         c = self._const(atlas.device)
         radius = ORI_RADIUS * kp["sigma_oct"]
         offsets = c["ori_grid"] * radius[..., None, None]
-        gx, gy, inside = self._sample(atlas, x0, pyr, kp, offsets)
+        gx, gy, inside = self._sample(atlas, geo, kp, offsets)
         weight = torch.sqrt(gx * gx + gy * gy) * c["ori_w"] * inside
         bin_f = torch.remainder(torch.atan2(gy, gx) * (ORI_BINS / (2.0 * math.pi)), float(ORI_BINS))
         b0 = bin_f.floor()
@@ -570,7 +631,7 @@ class TorchSIFTExtractor(FeatureExtractor):
         bin_peak = (peak.to(gx.dtype) + shift)[..., 0]
         return torch.remainder(bin_peak * (2.0 * math.pi / ORI_BINS), 2.0 * math.pi)
 
-    def _descriptor(self, atlas: Any, x0: Any, pyr: _Pyramid, kp: dict[str, Any], theta: Any) -> Any:
+    def _descriptor(self, atlas: Any, geo: _Geometry, kp: dict[str, Any], theta: Any) -> Any:
         """``(B, N, 128)`` RootSIFT descriptors on rotated, scaled patches (orientation ``theta`` radians)."""
         torch = _torch()
         c = self._const(atlas.device)
@@ -578,7 +639,7 @@ class TorchSIFTExtractor(FeatureExtractor):
         u, v = c["desc_grid"][:, 0], c["desc_grid"][:, 1]  # (S,) cell units
         cell = (DESC_CELL_WIDTH * kp["sigma_oct"])[..., None]
         offsets = torch.stack([(u * cos - v * sin) * cell, (u * sin + v * cos) * cell], -1)
-        gx, gy, inside = self._sample(atlas, x0, pyr, kp, offsets)
+        gx, gy, inside = self._sample(atlas, geo, kp, offsets)
         gxr = gx * cos + gy * sin
         gyr = gy * cos - gx * sin
         mag = torch.sqrt(gxr * gxr + gyr * gyr) * inside
@@ -605,11 +666,12 @@ class TorchSIFTExtractor(FeatureExtractor):
                 (divided by 255). Contrast normalisation (CLAHE) is the caller's business here.
             masks: None or ``(B, H, W)`` / ``(B, 1, H, W)`` tensor, non-zero = usable; used as given (not
                 eroded; :meth:`extract` erodes by ``mask_margin_px`` first).
-            timings: if a dict, per-stage milliseconds are added to it (synchronising CUDA between stages;
-                leave None for full speed).
+            timings: if a dict, per-stage milliseconds are added to it (synchronising CUDA between stages,
+                and never through a CUDA graph; leave None for full speed).
 
         Returns:
-            :class:`BatchFeatures` with K = ``cfg.num_features`` slots per image.
+            :class:`BatchFeatures` with K = ``cfg.num_features`` slots per image. With ``cuda_graph`` on CUDA the
+            tensors are copies of the graph's outputs, made in inference mode.
         """
         torch = _torch()
         if not torch.is_tensor(images):
@@ -630,22 +692,71 @@ class TorchSIFTExtractor(FeatureExtractor):
             if tuple(masks.shape) != (b, h, w):
                 raise InputError(f"extract_batch masks have shape {tuple(masks.shape)}; expected {(b, h, w)}")
             masks = masks != 0
-        clock = _StageClock(timings, images.device)
+        if self.cuda_graph and images.is_cuda and timings is None:
+            out = self._run_graph(images, masks)
+            if out is not None:
+                return out
+        return self._run(images, masks, _StageClock(timings, images.device))
+
+    def _run_graph(self, images: Any, masks: Any) -> BatchFeatures | None:
+        """:meth:`_run` through a CUDA graph captured once per (device, shape, with mask): one launch instead of
+        hundreds. None when capture failed for this shape (the caller runs eagerly)."""
+        torch = _torch()
+        key = (str(images.device), tuple(images.shape), masks is not None)
+        entry = self._graphs.get(key)
+        with torch.inference_mode():
+            if entry is None:
+                entry = self._capture(images, masks)
+                self._graphs[key] = entry
+            if entry is False:
+                return None
+            static_in, static_mask, graph, static_out = entry
+            static_in.copy_(images)
+            if static_mask is not None:
+                static_mask.copy_(masks)
+            graph.replay()
+            return BatchFeatures(*(getattr(static_out, f).clone() for f in BatchFeatures.__dataclass_fields__))
+
+    def _capture(self, images: Any, masks: Any) -> tuple | bool:
+        """(static input, static mask, CUDAGraph, static BatchFeatures), or False when capture fails."""
+        torch = _torch()
+        static_in = images.clone()
+        static_mask = None if masks is None else masks.clone()
+        try:
+            side = torch.cuda.Stream(device=images.device)
+            side.wait_stream(torch.cuda.current_stream(images.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up: constants, cuDNN plans, allocator
+                    self._run(static_in, static_mask, _StageClock(None, images.device))
+            torch.cuda.current_stream(images.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._run(static_in, static_mask, _StageClock(None, images.device))
+        except RuntimeError as exc:
+            log.warning("torch sift: CUDA graph capture failed for input %s (%s); running eagerly",
+                        tuple(images.shape), exc)
+            return False
+        log.debug("torch sift: captured a CUDA graph for input %s", tuple(images.shape))
+        return static_in, static_mask, graph, static_out
+
+    def _run(self, images: Any, masks: Any, clock: _StageClock) -> BatchFeatures:
+        """The pipeline on checked ``(B, 1, H, W)`` float32 images and ``(B, H, W)`` bool masks (or None)."""
+        torch = _torch()
+        b, _, h, w = images.shape
         pyr = self._pyramid(images)
         clock.lap("scale_space")
-        score, score_offsets = self._candidate_scores(pyr, masks)
+        geo = pyr.geo
+        score = self._candidate_scores(pyr, masks)
         clock.lap("extrema")
         n_cand = min(score.shape[1], max(1, int(round(self.candidate_factor * self.cfg.num_features))))
         top_val, top_idx = torch.topk(score, n_cand, dim=1, sorted=False)
-        dev = images.device
-        s_off = torch.tensor(score_offsets, device=dev)
-        hw = torch.tensor([hh * ww for hh, ww in zip(pyr.heights, pyr.widths)], device=dev)
-        ws = torch.tensor(pyr.widths, device=dev)
-        o = torch.searchsorted(s_off, top_idx, right=True) - 1
-        local = top_idx - s_off[o]
-        layer = local // hw[o] + 1
-        rem = local % hw[o]
-        y, x = rem // ws[o], rem % ws[o]
+        o = torch.searchsorted(geo.t_score_off, top_idx, right=True) - 1
+        local = top_idx - geo.t_score_off[o]
+        hw_o, w_o = geo.t_hw[o], geo.t_w[o]
+        layer = local // hw_o + 1
+        rem = local - (layer - 1) * hw_o
+        y = rem // w_o
+        x = rem - y * w_o
         clock.lap("candidates")
         kp = self._refine(pyr, o, layer, y, x, top_val > 0)
         if masks is not None:
@@ -661,10 +772,10 @@ class TorchSIFTExtractor(FeatureExtractor):
         }
         kp["valid"] = sel_valid
         clock.lap("select")
-        atlas, x0 = self._gradient_atlas(pyr)
-        theta = self._orientation(atlas, x0, pyr, kp)
+        atlas = self._gradient_atlas(pyr)
+        theta = self._orientation(atlas, geo, kp)
         clock.lap("orientation")
-        desc = self._descriptor(atlas, x0, pyr, kp, theta)
+        desc = self._descriptor(atlas, geo, kp, theta)
         desc = desc * sel_valid[..., None]
         clock.lap("descriptor")
         levels = kp["octave"] * OCTAVE_LAYERS + (kp["layer"] - 1)
@@ -684,7 +795,7 @@ class TorchSIFTExtractor(FeatureExtractor):
         descriptors and ``(B, N)`` angles in degrees (orientation estimated as in extraction)."""
         torch = _torch()
         pyr = self._pyramid(images.to(torch.float32), with_dog=False)
-        n_oct = len(pyr.heights)
+        n_oct = len(pyr.geo.heights)
         levels = torch.clamp(levels.long(), 0, OCTAVE_LAYERS * n_oct - 1)
         o = levels // OCTAVE_LAYERS
         layer = levels % OCTAVE_LAYERS + 1
@@ -696,9 +807,9 @@ class TorchSIFTExtractor(FeatureExtractor):
             "y_oct": keypoints[..., 1].to(torch.float32) / scale,
             "sigma_oct": SIGMA0 * torch.pow(2.0, layer.to(torch.float32) / OCTAVE_LAYERS),
         }
-        atlas, x0 = self._gradient_atlas(pyr)
-        theta = self._orientation(atlas, x0, pyr, kp)
-        return self._descriptor(atlas, x0, pyr, kp, theta), torch.rad2deg(theta)
+        atlas = self._gradient_atlas(pyr)
+        theta = self._orientation(atlas, pyr.geo, kp)
+        return self._descriptor(atlas, pyr.geo, kp, theta), torch.rad2deg(theta)
 
     # ------------------------------------------------------------------------------------ numpy API
     def _upload(self, gray: np.ndarray) -> tuple[np.ndarray, Any]:

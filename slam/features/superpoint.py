@@ -46,6 +46,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_WEIGHTS = WEIGHTS_DIR / "superpoint_slam.pt"
 LAYER_NAMES = ("conv1a", "conv1b", "conv2a", "conv2b", "conv3a", "conv3b", "conv4a", "conv4b",
                "convPa", "convPb", "convDa", "convDb")
+FOLDABLE = ("1a", "1b", "2a", "2b", "3a", "3b", "4a", "4b", "Pa", "Da")  # 3x3 convs followed by a ReLU
 
 
 def import_torch():
@@ -60,9 +61,12 @@ def import_torch():
     return torch
 
 
-def build_network(widths: tuple[int, int, int, int, int] = (64, 64, 128, 128, 256)):
+def build_network(widths: tuple[int, int, int, int, int] = (64, 64, 128, 128, 256), batchnorm: bool = False):
     """A SuperPoint ``torch.nn.Module``; ``widths`` = (c1, c2, c3, c4, c5) channels, the published
-    (64, 64, 128, 128, 256) by default (smaller widths give a fast model for tests)."""
+    (64, 64, 128, 128, 256) by default (smaller widths give a fast model for tests).
+
+    ``batchnorm`` adds a batch normalisation after every 3x3 convolution (``bn1a`` ... ``bnDa``) for
+    training; :func:`fold_batchnorm` folds them into the convolutions, giving the published layout."""
     torch = import_torch()
     nn = torch.nn
     F = torch.nn.functional
@@ -74,6 +78,7 @@ def build_network(widths: tuple[int, int, int, int, int] = (64, 64, 128, 128, 25
         def __init__(self, c1: int, c2: int, c3: int, c4: int, c5: int) -> None:
             super().__init__()
             self.widths = (c1, c2, c3, c4, c5)
+            self.batchnorm = batchnorm
             self.conv1a = nn.Conv2d(1, c1, 3, padding=1)
             self.conv1b = nn.Conv2d(c1, c1, 3, padding=1)
             self.conv2a = nn.Conv2d(c1, c2, 3, padding=1)
@@ -86,21 +91,47 @@ def build_network(widths: tuple[int, int, int, int, int] = (64, 64, 128, 128, 25
             self.convPb = nn.Conv2d(c5, CELL * CELL + 1, 1)
             self.convDa = nn.Conv2d(c4, c5, 3, padding=1)
             self.convDb = nn.Conv2d(c5, DESCRIPTOR_DIM, 1)
+            if batchnorm:
+                for name in FOLDABLE:
+                    conv = getattr(self, "conv" + name)
+                    setattr(self, "bn" + name, nn.BatchNorm2d(conv.out_channels))
+
+        def _c(self, name: str, x):
+            x = getattr(self, "conv" + name)(x)
+            if self.batchnorm:
+                x = getattr(self, "bn" + name)(x)
+            return F.relu(x)
 
         def forward(self, x):
-            x = F.relu(self.conv1a(x))
-            x = F.max_pool2d(F.relu(self.conv1b(x)), 2)
-            x = F.relu(self.conv2a(x))
-            x = F.max_pool2d(F.relu(self.conv2b(x)), 2)
-            x = F.relu(self.conv3a(x))
-            x = F.max_pool2d(F.relu(self.conv3b(x)), 2)
-            x = F.relu(self.conv4a(x))
-            x = F.relu(self.conv4b(x))
-            logits = self.convPb(F.relu(self.convPa(x)))
-            desc = self.convDb(F.relu(self.convDa(x)))
+            x = self._c("1a", x)
+            x = F.max_pool2d(self._c("1b", x), 2)
+            x = self._c("2a", x)
+            x = F.max_pool2d(self._c("2b", x), 2)
+            x = self._c("3a", x)
+            x = F.max_pool2d(self._c("3b", x), 2)
+            x = self._c("4a", x)
+            x = self._c("4b", x)
+            logits = self.convPb(self._c("Pa", x))
+            desc = self.convDb(self._c("Da", x))
             return logits, F.normalize(desc.float(), dim=1)
 
     return SuperPointNet(*widths)
+
+
+def fold_batchnorm(net):
+    """A plain (published-layout) copy of ``net`` with its batch normalisations (eval statistics) folded
+    into the preceding convolutions: ``W' = W g / sqrt(v + eps)``, ``b' = (b - m) g / sqrt(v + eps) + beta``."""
+    torch = import_torch()
+    plain = build_network(net.widths)
+    state = {k: v.detach().clone() for k, v in net.state_dict().items() if k.split(".")[0] in LAYER_NAMES}
+    if getattr(net, "batchnorm", False):
+        for name in FOLDABLE:
+            bn = getattr(net, "bn" + name)
+            scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+            state[f"conv{name}.weight"] = state[f"conv{name}.weight"] * scale[:, None, None, None]
+            state[f"conv{name}.bias"] = (state[f"conv{name}.bias"] - bn.running_mean) * scale + bn.bias.detach()
+    plain.load_state_dict(state)
+    return plain.to(next(net.parameters()).device).eval()
 
 
 # ---------------------------------------------------------------------------------------------- weights

@@ -529,7 +529,7 @@ class TrainConfig:
     steps: int = 600
     batch: int = 4
     crop: int = 128
-    lr: float = 5e-4
+    lr: float = 1e-3
     warmup: int = 50
     seed: int = 0
     widths: tuple[int, int, int, int, int] = (64, 64, 128, 128, 256)
@@ -544,6 +544,7 @@ class TrainConfig:
     threads: int = 2
     device: str = "cpu"
     augment: float = 1.0
+    batchnorm: bool = True  # train with batch norm, folded into the convolutions on export
     loss: LossConfig = field(default_factory=LossConfig)
     warp: WarpRange = field(default_factory=WarpRange)
 
@@ -560,9 +561,13 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def export_weights(net, path: str | Path, meta: dict[str, Any]) -> Path:
-    """Write ``{"state_dict": fp16 Magic Leap-layout tensors, "meta": ...}`` to ``path`` (atomically)."""
+    """Write ``{"state_dict": fp16 Magic Leap-layout tensors, "meta": ...}`` to ``path`` (atomically); batch
+    normalisations are folded into the convolutions first."""
     import torch
 
+    from slam.features.superpoint import fold_batchnorm
+
+    net = fold_batchnorm(net)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float16).clone() for k, v in net.state_dict().items()}
@@ -583,7 +588,7 @@ def train(cfg: TrainConfig, work_dir: str | Path, out: str | Path | None = None,
     the final fp16 weights. With ``resume`` an existing checkpoint continues the run; batches depend only on
     (seed, step), so the result matches an uninterrupted run.
     """
-    from slam.features.superpoint import SuperPointExtractor, build_network, import_torch, load_network
+    from slam.features.superpoint import SuperPointExtractor, build_network, fold_batchnorm, import_torch, load_network
 
     torch = import_torch()
     work = Path(work_dir)
@@ -594,9 +599,9 @@ def train(cfg: TrainConfig, work_dir: str | Path, out: str | Path | None = None,
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
-    net = build_network(tuple(cfg.widths))
+    net = build_network(tuple(cfg.widths), batchnorm=cfg.batchnorm)
     if init_weights is not None:
-        net.load_state_dict(load_network(init_weights).state_dict())
+        net.load_state_dict(load_network(init_weights).state_dict(), strict=False)
     net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     step = 0
@@ -635,7 +640,7 @@ def train(cfg: TrainConfig, work_dir: str | Path, out: str | Path | None = None,
 
         net.eval()
         ex = SuperPointExtractor(FeatureConfig(type="superpoint", num_features=300), device=str(device),
-                                 network=net)
+                                 network=fold_batchnorm(net))
         res = evaluate_extractor(ex, held)
         net.train()
         return res

@@ -189,9 +189,7 @@ def generate(
     render_s = time.perf_counter() - render_started
 
     times = frame_ids / opts.fps
-    calib = camera.to_calib_line()
-    if camera.model == "fisheye":
-        calib = "fisheye " + calib
+    calib = camera.to_calib_line()  # carries the "fisheye" prefix for that model
     write_text_atomic(out / "calib.txt", calib + "\n")
     write_text_atomic(out / "times.txt", "".join(f"{t:.6f}\n" for t in times))
     traj = Trajectory(times, T_wc_all)
