@@ -109,7 +109,7 @@ def test_all_images_unreadable(tmp_path):
     for i in range(3):
         (seq / "rgb" / f"{i:06d}.png").write_bytes(b"not a png at all")
     proc = slam_run("seq", "--out", "out", cwd=tmp_path)
-    assert_user_error(proc, "rgb", "no readable image")
+    assert_user_error(proc, "rgb", "cannot decode")
 
 
 # ---------------------------------------------------------------------------------------------- calibration

@@ -200,3 +200,23 @@ def test_matcher_agrees_with_numpy_matcher():
     assert len(want) > 100
     assert np.array_equal(got, want)
     assert np.isinf(dist.numpy()[idx.numpy() < 0]).all()
+
+
+def test_secondary_orientations_fill_free_slots(image):
+    """Secondary-orientation keypoints repeat a detected location with another angle, only in free slots."""
+    one = extractor(num_features=1000, clahe=False)
+    one.secondary_orientations = False
+    two = extractor(num_features=1000, clahe=False)
+    f1, f2 = one.extract(image), two.extract(image)
+    assert len(f1) < 1000 and len(f1) < len(f2) <= 1000
+    assert len(np.unique(f1.keypoints, axis=0)) == len(f1)
+    assert np.allclose(f2.keypoints[: len(f1)], f1.keypoints)  # detected keypoints first, unchanged
+    extra = f2.keypoints[len(f1) :]
+    d = np.linalg.norm(extra[:, None] - f1.keypoints[None], axis=2)
+    twin = d.argmin(axis=1)
+    assert (d.min(axis=1) == 0).all()
+    dang = np.abs((f2.angles[len(f1) :] - f1.angles[twin] + 180.0) % 360.0 - 180.0)
+    assert dang.min() > 15.0
+    # when the detected keypoints fill all slots there is no room for a second orientation
+    few = extractor(num_features=50, clahe=False).extract(image)
+    assert len(np.unique(few.keypoints, axis=0)) == len(few) == 50

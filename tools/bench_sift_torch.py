@@ -231,6 +231,7 @@ def main() -> None:
     ap.add_argument("--num-features", type=int, default=2000)
     ap.add_argument("--no-clahe", action="store_true")
     ap.add_argument("--refine-steps", type=int, default=None)
+    ap.add_argument("--dominant-only", action="store_true", help="no secondary-orientation keypoints")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/bench_sift_torch_cache"))
     ap.add_argument("--repeats", type=int, default=20, help="timing repeats")
     ap.add_argument("--batch", type=int, default=8, help="batch size of the batched timing")
@@ -249,6 +250,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     cfg = FeatureConfig(type="sift", num_features=args.num_features, clahe=not args.no_clahe)
     kwargs = {} if args.refine_steps is None else {"refine_steps": args.refine_steps}
+    if args.dominant_only:
+        kwargs["secondary_orientations"] = False
     tex = TorchSIFTExtractor(cfg, device=args.device, **kwargs)
     cvx = SiftExtractor(cfg)
     rng = np.random.default_rng(args.seed)

@@ -526,15 +526,15 @@ def evaluate_extractor(extractor, pairs: list[Pair], ratio: float | None = 0.8, 
 class TrainConfig:
     """Settings of one training run (all of them are recorded in the checkpoint)."""
 
-    steps: int = 600
+    steps: int = 500
     batch: int = 4
-    crop: int = 128
+    crop: int = 96
     lr: float = 1e-3
-    warmup: int = 50
+    warmup: int = 20
     seed: int = 0
     widths: tuple[int, int, int, int, int] = (64, 64, 128, 128, 256)
     sources: tuple[str, ...] = SOURCES
-    synth_seeds: int = 3
+    synth_seeds: int = 2
     synth_frames: int = 3
     textures: int = 24
     eval_every: int = 100

@@ -9,8 +9,9 @@ features, per-keypoint data and parent links), every map point (with its observa
 Layout: a ``format`` / ``version`` header, ``camera_*`` and ``config_json`` entries, and per map ``i`` the
 keys ``m{i}_*``. Variable-size arrays (keypoints, descriptors, ...) of all keyframes are concatenated
 per field with per-keyframe row counts; rows whose dtype or trailing shape differ from the others go to
-separate groups (``..._g0``, ``..._g1``), so no dtype is ever converted. The file is read with
-``allow_pickle=False``; it contains only plain numeric and unicode arrays.
+separate groups (``..._g0``, ``..._g1``), so no dtype is ever converted. The file is an ordinary numpy
+``.npz`` archive (deflate level 1; arrays that do not compress are stored), read with ``allow_pickle=False``:
+it contains only plain numeric and unicode arrays.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -184,7 +186,7 @@ def save_maps(path: str | Path, maps: list[Map], camera: Camera, config_dict: di
         raise InputError(f"{path}: cannot write the map file ({exc.strerror or exc})") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+            _write_npz(fh, arrays)
         os.replace(tmp, path)
     except BaseException as exc:
         if os.path.exists(tmp):
@@ -194,6 +196,27 @@ def save_maps(path: str | Path, maps: list[Map], camera: Camera, config_dict: di
         raise
     log.info("saved %d map(s) to %s", len(maps), path)
     return path
+
+
+def _write_npz(fh, arrays: dict[str, np.ndarray], compresslevel: int = 1) -> None:
+    """An ``.npz`` archive as :func:`numpy.savez_compressed` writes it (``np.load`` reads it), tuned for speed.
+
+    Deflate level 1 (nearly the ratio of the default level on descriptors, at about twice the speed),
+    and large arrays that do not compress (ORB descriptors, random bits) are stored, not deflated:
+    a 64 KiB sample of each array over 1 MiB decides.
+    """
+    with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel,
+                         allowZip64=True) as zf:
+        for name, value in arrays.items():
+            value = np.asanyarray(value)
+            member: str | zipfile.ZipInfo = name + ".npy"  # deflated with the archive's level
+            if value.nbytes > (1 << 20):
+                sample = np.ascontiguousarray(value).reshape(-1).view(np.uint8)[: 1 << 16].tobytes()
+                if len(zlib.compress(sample, compresslevel)) > 0.9 * len(sample):
+                    member = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+                    member.compress_type = zipfile.ZIP_STORED
+            with zf.open(member, mode="w", force_zip64=True) as out:
+                np.lib.format.write_array(out, value, allow_pickle=False)
 
 
 def _json_default(obj):
