@@ -47,6 +47,7 @@ def add_run_arguments(p: argparse.ArgumentParser, live: bool = False) -> None:
     p.add_argument("--resize", type=float, default=None, help="scale images (and intrinsics) by this factor")
     p.add_argument("--viewer", action="store_true", help="show the live 3D viewer (Qt)")
     p.add_argument("--snapshot", default=None, help="render the final 3D view to this PNG (headless under Xvfb)")
+    p.add_argument("--save-map", action="store_true", help="also write DIR/map.npz (keyframes, points, descriptors)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     p.add_argument("--profile", action="store_true", help="print where the milliseconds of a frame go")
 
@@ -66,6 +67,8 @@ def build_config(args: argparse.Namespace):
             overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
     if getattr(args, "sync", False):
         overrides.append("system.sync=true")
+    if getattr(args, "save_map", False):
+        overrides.append("system.save_map=true")
     return load_config(args.config, overrides)
 
 

@@ -121,6 +121,8 @@ class SystemConfig:
     seed: int = 0
     sync: bool = False  # run tracking and mapping in one thread, deterministically
     log_level: str = "INFO"
+    save_map: bool = False  # write DIR/map.npz (keyframes, points, descriptors) for `slam view` and reuse
+    report: bool = True  # write DIR/report.html
 
 
 @dataclass

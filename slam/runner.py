@@ -97,6 +97,13 @@ def write_outputs(out_dir: Path, result: RunResult, cfg: Config, groundtruth: Tr
     write_text_atomic(out_dir / "stats.json", json.dumps(stats, indent=2, default=_json_default) + "\n")
     states = "\n".join(f"{i} {t:.6f} {s} {n}" for i, t, s, n in result.states)
     write_text_atomic(out_dir / "states.txt", "# index timestamp state tracked_points\n" + states + "\n")
+    if cfg.system.report:
+        try:
+            from slam.report import write_report
+
+            write_report(out_dir)
+        except Exception as exc:  # a report is a nicety; never lose a run over it
+            log.warning("could not write report.html: %s", exc)
     return evaluation
 
 
@@ -179,6 +186,10 @@ def run_source(
         source.close()
     result.stats["mask"] = mask_info
     result.stats["source"] = getattr(source, "name", type(source).__name__)
+    if cfg.system.save_map:
+        from slam.map.persistence import save_maps
+
+        save_maps(out / "map.npz", system.maps, system.camera, cfg.to_dict())
     evaluation = write_outputs(out, result, cfg, source.groundtruth, mask)
     if result.error is not None:
         raise result.error

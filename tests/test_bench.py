@@ -151,6 +151,21 @@ def test_validation_catches_malformed_rows():
     assert validate_results(bad)
 
 
+def test_repeats_are_summarised_by_median_and_range():
+    from slam.bench.report import format_markdown
+
+    rows = [{"id": f"a/b/r{k}", "suite": "s", "sequence": "a", "config": "b", "repeat": k, "status": "ok",
+             "frames": 10, "fps": fps, "tracked_pct": 90.0, "ate_rmse": ate}
+            for k, (fps, ate) in enumerate([(1.0, 0.3), (2.0, 0.1), (10.0, 0.2)])]
+    rows.append(dict(rows[0], id="a/b/r3", repeat=3, status="failed", error="boom", fps=None))
+    (s,) = summarise(rows)
+    assert s["metrics"]["fps"] == {"median": 2.0, "min": 1.0, "max": 10.0}
+    assert s["metrics"]["ate_rmse"]["median"] == pytest.approx(0.2)
+    assert (s["runs"], s["ok"], s["status"], s["errors"]) == (4, 3, "partial", ["boom"])
+    md = format_markdown({"meta": {"suite": "s", "repeat": 4, "machine": {}}, "summary": [s]})
+    assert "| a | b | 0.2000 ±0.1000 |" in md and "3/4 ok" in md and "boom" in md
+
+
 def test_variants():
     assert parse_variant("sift").overrides == ("features.type=sift",)
     assert parse_variant("orb+hybrid").overrides == ("features.type=orb", "tracking.frontend=hybrid")
@@ -217,7 +232,7 @@ def test_soak_analysis_verdicts():
 def test_small_soak_run_writes_curve(tmp_path, tiny_suite):
     # the tiny suite's tube is the soak sequence's cache entry: nothing new to render
     result = run_soak(tmp_path / "soak", frames=20, size=(160, 120), preset="tube", seed=1, max_keyframes=5,
-                      sample_every=5, cache_dir=tiny_suite)
+                      sample_every=5, cache_dir=tiny_suite, overrides=["system.device=cpu"])
     assert result["row"]["status"] == "ok", result["row"].get("error")
     samples = result["samples"]
     assert [s["frame"] for s in samples] == [1, 5, 10, 15, 20]
@@ -233,7 +248,7 @@ def test_ray_runs_the_smallest_job(tiny_suite, tmp_path):
     ray = pytest.importorskip("ray")
     job = Job(id="tube/sift/r0", suite="t", sequence="tube-160x120-20-1", path=str(tiny_suite / "tube-160x120-20-1"),
               variant="sift", out_dir=str(tmp_path / "ray" / "r0"), config="default",
-              overrides=["features.type=sift", "system.sync=true", "source.max_frames=10"])
+              overrides=["features.type=sift", "system.sync=true", "system.device=cpu", "source.max_frames=10"])
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         rows = run_ray([job], address=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -267,3 +268,25 @@ def test_open3d_reads_written_ply(tmp_path):
     assert pcd.has_colors()
     np.testing.assert_allclose(np.asarray(pcd.points), xyz.astype(np.float32), rtol=0, atol=1e-6)
     np.testing.assert_array_equal(np.rint(np.asarray(pcd.colors) * 255).astype(np.uint8), rgb)
+
+
+def test_map_of_a_real_run_round_trips(tmp_path):
+    """The maps a synchronous SLAM run builds (flow front end: with track ids) load back identical."""
+    from slam.config import load_config
+    from slam.runner import run_source
+    from slam.sources import open_source
+    from slam.synth import generate
+
+    seq = generate("room", tmp_path / "room", frames=25, seed=2, size=(320, 240))
+    cfg = load_config(None, ["system.sync=true", "features.type=orb", "tracking.frontend=flow"])
+    held = {}
+    source = open_source(str(seq), cfg.source)
+    camera = source.camera
+    run_source(source, cfg, tmp_path / "out", on_frame=lambda system, fd, res: held.setdefault("system", system))
+    maps = held["system"].maps
+    assert sum(len(m.keyframes) for m in maps) >= 2 and sum(len(m.points) for m in maps) > 50
+    path = save_maps(tmp_path / "out" / "map.npz", maps, camera, cfg.to_dict())
+    loaded, camera2, config = load_maps(path)
+    assert camera2 == camera and config == json.loads(json.dumps(cfg.to_dict()))
+    for a, b in zip(maps, loaded, strict=True):
+        _assert_map_same(a, b)

@@ -9,9 +9,11 @@ whole file stays fast.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -48,14 +50,49 @@ def make_folder(root: Path, frames: int = 6, calib: str | None = CALIB, size=(W,
     return root
 
 
-def slam_run(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``slam run ARGS --quiet`` in a subprocess (text output)."""
-    cmd = [sys.executable, "-m", "slam.cli", "run", *args, "--quiet", "--sync"]
+@dataclass
+class Outcome:
+    """What the user saw: exit status and stderr (log lines included)."""
+
+    returncode: int
+    stderr: str
+
+
+RUN_FLAGS = ("--quiet", "--sync", "--device", "cpu")
+
+
+def slam_run_subprocess(*args: str, cwd: Path, timeout: float = 120) -> Outcome:
+    """``slam run ARGS`` in a fresh interpreter: exactly what a user at a terminal sees."""
+    cmd = [sys.executable, "-m", "slam.cli", "run", *args, *RUN_FLAGS]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return Outcome(proc.returncode, proc.stderr)
 
 
-def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+@pytest.fixture
+def slam_run(tmp_path, monkeypatch, capsys, caplog):
+    """``slam run ARGS`` through :func:`slam.cli.main` in this process (cheaper than a subprocess).
+
+    An exception escaping ``main`` fails the test, which is the in-process form of "no traceback".
+    Log records are appended to stderr in the ``LEVEL name: message`` form the CLI prints.
+    """
+    from slam.cli import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str, cwd: Path | None = None) -> Outcome:
+        caplog.clear()
+        capsys.readouterr()
+        with caplog.at_level(logging.INFO):
+            rc = main(["run", *args, *RUN_FLAGS])
+        err = capsys.readouterr().err
+        logs = "\n".join(f"{r.levelname} {r.name}: {r.getMessage()}" for r in caplog.records)
+        return Outcome(rc, err + "\n" + logs)
+
+    return run
+
+
+def assert_user_error(proc: Outcome, *needles: str) -> str:
     """Exit 2, one ``error:`` line naming each needle, no traceback; returns the error line."""
     err = proc.stderr
     assert "Traceback" not in err, err
@@ -67,7 +104,7 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     return lines[0]
 
 
-def assert_ran(proc: subprocess.CompletedProcess, out: Path, frames: int) -> dict:
+def assert_ran(proc: Outcome, out: Path, frames: int) -> dict:
     """Exit 0, no traceback, outputs written, ``frames`` frames processed; returns stats.json."""
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 0, (proc.returncode, proc.stderr)
@@ -78,44 +115,44 @@ def assert_ran(proc: subprocess.CompletedProcess, out: Path, frames: int) -> dic
 
 
 # ---------------------------------------------------------------------------------------------- paths
-def test_missing_path(tmp_path):
-    proc = slam_run(str(tmp_path / "nowhere"), "--out", "out", cwd=tmp_path)
+def test_missing_path(tmp_path, slam_run):
+    proc = slam_run(str(tmp_path / "nowhere"), "--out", "out")
     assert_user_error(proc, "nowhere", "no such file or folder")
 
 
-def test_empty_folder(tmp_path):
+def test_empty_folder(tmp_path, slam_run):
     (tmp_path / "seq").mkdir()
-    proc = slam_run("seq", "--out", "out", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out")
     assert_user_error(proc, "seq", "empty")
 
 
-def test_folder_without_images(tmp_path):
+def test_folder_without_images(tmp_path, slam_run):
     seq = tmp_path / "seq"
     seq.mkdir()
     (seq / "notes.txt").write_text("no frames here\n")
     (seq / "calib.txt").write_text(CALIB)
-    proc = slam_run("seq", "--out", "out", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out")
     assert_user_error(proc, "seq", "no known layout")
 
 
-def test_empty_image_dir(tmp_path):
+def test_empty_image_dir(tmp_path, slam_run):
     seq = make_folder(tmp_path / "seq", frames=0)
-    proc = slam_run("seq", "--out", "out", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out")
     assert_user_error(proc, "rgb", "no image files")
 
 
-def test_all_images_unreadable(tmp_path):
+def test_all_images_unreadable(tmp_path, slam_run):
     seq = make_folder(tmp_path / "seq", frames=0)
     for i in range(3):
         (seq / "rgb" / f"{i:06d}.png").write_bytes(b"not a png at all")
-    proc = slam_run("seq", "--out", "out", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out")
     assert_user_error(proc, "rgb", "cannot decode")
 
 
 # ---------------------------------------------------------------------------------------------- calibration
-def test_missing_calib(tmp_path):
+def test_missing_calib(tmp_path, slam_run):
     make_folder(tmp_path / "seq", calib=None)
-    proc = slam_run("seq", "--out", "out", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out")
     assert_user_error(proc, "seq", "calib.txt", "--calib")
 
 
@@ -132,47 +169,47 @@ def test_missing_calib(tmp_path):
     ],
     ids=["words", "too-few", "nan", "inf", "negative-focal", "zero-focal", "empty"],
 )
-def test_bad_calib(tmp_path, text, problem):
+def test_bad_calib(tmp_path, text, problem, slam_run):
     make_folder(tmp_path / "seq", frames=2, calib=text)
-    proc = slam_run("seq", "--out", "out", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out")
     assert_user_error(proc, "calib.txt", problem)
 
 
-def test_calib_flag_missing_file(tmp_path):
+def test_calib_flag_missing_file(tmp_path, slam_run):
     make_folder(tmp_path / "seq", frames=2)
-    proc = slam_run("seq", "--out", "out", "--calib", "nope.txt", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out", "--calib", "nope.txt")
     assert_user_error(proc, "nope.txt", "not found")
 
 
-def test_calib_yaml_wrong_aspect(tmp_path):
+def test_calib_yaml_wrong_aspect(tmp_path, slam_run):
     make_folder(tmp_path / "seq", frames=2)
     (tmp_path / "cam.yaml").write_text(
         "intrinsics: [80, 80, 80, 80]\nresolution: [160, 160]\ndistortion_model: radial-tangential\n"
         "distortion_coefficients: [0, 0, 0, 0]\n"
     )
-    proc = slam_run("seq", "--out", "out", "--calib", "cam.yaml", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out", "--calib", "cam.yaml")
     assert_user_error(proc, "cam.yaml", "aspect ratio")
 
 
 # ---------------------------------------------------------------------------------------------- timestamps / gt
-def test_times_wrong_length(tmp_path):
+def test_times_wrong_length(tmp_path, slam_run):
     seq = make_folder(tmp_path / "seq", frames=4)
     (seq / "times.txt").write_text("0.0\n0.1\n0.2\n")
-    proc = slam_run("seq", "--out", "out", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out")
     assert_user_error(proc, "times.txt", "3 timestamps but 4 images")
 
 
-def test_times_not_monotonic(tmp_path):
+def test_times_not_monotonic(tmp_path, slam_run):
     seq = make_folder(tmp_path / "seq", frames=4)
     (seq / "times.txt").write_text("0.0\n0.1\n0.1\n0.3\n")
-    proc = slam_run("seq", "--out", "out", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out")
     assert_user_error(proc, "times.txt", "increase strictly", "entry 3")
 
 
-def test_times_not_numbers(tmp_path):
+def test_times_not_numbers(tmp_path, slam_run):
     seq = make_folder(tmp_path / "seq", frames=2)
     (seq / "times.txt").write_text("0.0\nlater\n")
-    proc = slam_run("seq", "--out", "out", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out")
     assert_user_error(proc, "times.txt:2", "not a timestamp")
 
 
@@ -186,21 +223,21 @@ def test_times_not_numbers(tmp_path):
     ],
     ids=["kitti-columns", "words", "no-poses", "nan"],
 )
-def test_groundtruth_unknown_format(tmp_path, text, problem):
+def test_groundtruth_unknown_format(tmp_path, text, problem, slam_run):
     seq = make_folder(tmp_path / "seq", frames=2)
     (seq / "groundtruth.txt").write_text(text)
-    proc = slam_run("seq", "--out", "out", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out")
     assert_user_error(proc, "groundtruth.txt", problem)
 
 
 # ---------------------------------------------------------------------------------------------- images
-def test_corrupt_and_truncated_images_are_skipped(tmp_path):
+def test_corrupt_and_truncated_images_are_skipped(tmp_path, slam_run):
     seq = make_folder(tmp_path / "seq", frames=8)
     good = (seq / "rgb" / "000003.png").read_bytes()
     (seq / "rgb" / "000003.png").write_bytes(good[: len(good) // 3])  # truncated
     (seq / "rgb" / "000005.png").write_bytes(os.urandom(500))  # garbage
     (seq / "rgb" / "000006.png").write_bytes(b"")  # empty
-    proc = slam_run("seq", "--out", "out", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out")
     stats = assert_ran(proc, tmp_path / "out", frames=5)
     assert stats["frames"] == 5
     for name in ("000003.png", "000005.png", "000006.png"):
@@ -213,21 +250,21 @@ def test_corrupt_and_truncated_images_are_skipped(tmp_path):
     assert 3 not in indices and 5 not in indices and 6 not in indices and len(indices) == 5
 
 
-def test_truncated_jpeg_is_read_or_skipped(tmp_path):
+def test_truncated_jpeg_is_read_or_skipped(tmp_path, slam_run):
     seq = make_folder(tmp_path / "seq", frames=5, ext=".jpg")
     good = (seq / "rgb" / "000002.jpg").read_bytes()
     (seq / "rgb" / "000002.jpg").write_bytes(good[: len(good) // 2])
-    proc = slam_run("seq", "--out", "out", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out")
     assert "Traceback" not in proc.stderr and proc.returncode == 0, proc.stderr
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["frames"] in (4, 5)  # libjpeg decodes the first half (grey rest) or the frame is skipped
 
 
-def test_images_of_changing_size(tmp_path):
+def test_images_of_changing_size(tmp_path, slam_run):
     seq = make_folder(tmp_path / "seq", frames=6)
     cv2.imwrite(str(seq / "rgb" / "000002.png"), textured(2, (2 * W, 2 * H)))  # same aspect, larger
     cv2.imwrite(str(seq / "rgb" / "000004.png"), textured(4, (W, H + 40)))  # another aspect ratio
-    proc = slam_run("seq", "--out", "out", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out")
     assert_ran(proc, tmp_path / "out", frames=6)
     for name in ("000002.png", "000004.png"):
         line = next((ln for ln in proc.stderr.splitlines() if name in ln), "")
@@ -269,17 +306,17 @@ def test_image_kinds_read_as_uint8(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", ["gray16", "rgba", "cmyk-jpg"])
-def test_run_on_image_kinds(tmp_path, kind):
+def test_run_on_image_kinds(tmp_path, kind, slam_run):
     seq = make_folder(tmp_path / "seq", frames=0)
     for i in range(4):
         _write_kind(seq / "rgb" / f"{i:06d}{KINDS[kind]}", textured(i), kind)
-    proc = slam_run("seq", "--out", "out", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out")
     assert_ran(proc, tmp_path / "out", frames=4)
 
 
-def test_4k_images_downscaled_by_config(tmp_path):
+def test_4k_images_downscaled_by_config(tmp_path, slam_run):
     seq = make_folder(tmp_path / "seq", frames=3, size=(3840, 2160), calib="1900 1900 1919.5 1079.5\n", ext=".jpg")
-    proc = slam_run("seq", "--out", "out", "--set", "source.max_width=320", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out", "--set", "source.max_width=320")
     stats = assert_ran(proc, tmp_path / "out", frames=3)
     assert stats["config"]["source"]["max_width"] == 320
     src = open_source(str(seq), SourceConfig(max_width=320))
@@ -289,11 +326,11 @@ def test_4k_images_downscaled_by_config(tmp_path):
     assert frame.image.shape[:2] == (180, 320)
 
 
-def test_non_image_file_in_folder_is_ignored(tmp_path):
+def test_non_image_file_in_folder_is_ignored(tmp_path, slam_run):
     seq = make_folder(tmp_path / "seq", frames=4)
     (seq / "rgb" / "README.txt").write_text("frames of a test\n")
     (seq / "rgb" / "Thumbs.db").write_bytes(os.urandom(64))
-    proc = slam_run("seq", "--out", "out", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out")
     assert_ran(proc, tmp_path / "out", frames=4)
 
 
@@ -306,27 +343,27 @@ def _write_video(path: Path, frames: int = 8) -> None:
     writer.release()
 
 
-def test_empty_video(tmp_path):
+def test_empty_video(tmp_path, slam_run):
     (tmp_path / "clip.mp4").write_bytes(b"")
     (tmp_path / "calib.txt").write_text(CALIB)
-    proc = slam_run("clip.mp4", "--out", "out", cwd=tmp_path)
+    proc = slam_run("clip.mp4", "--out", "out")
     assert_user_error(proc, "clip.mp4", "empty")
 
 
-def test_undecodable_video(tmp_path):
+def test_undecodable_video(tmp_path, slam_run):
     (tmp_path / "clip.mp4").write_bytes(os.urandom(4096))
     (tmp_path / "calib.txt").write_text(CALIB)
-    proc = slam_run("clip.mp4", "--out", "out", cwd=tmp_path)
+    proc = slam_run("clip.mp4", "--out", "out")
     assert_user_error(proc, "clip.mp4")
     assert "cannot open video" in proc.stderr or "no decodable video frame" in proc.stderr
 
 
-def test_truncated_video_runs_on_what_decodes(tmp_path):
+def test_truncated_video_runs_on_what_decodes(tmp_path, slam_run):
     _write_video(tmp_path / "full.avi", frames=10)
     data = (tmp_path / "full.avi").read_bytes()
     (tmp_path / "clip.avi").write_bytes(data[: len(data) // 2])
     (tmp_path / "calib.txt").write_text(CALIB)
-    proc = slam_run("clip.avi", "--out", "out", cwd=tmp_path)
+    proc = slam_run("clip.avi", "--out", "out")
     assert "Traceback" not in proc.stderr, proc.stderr
     if proc.returncode == 0:
         stats = json.loads((tmp_path / "out" / "stats.json").read_text())
@@ -335,16 +372,16 @@ def test_truncated_video_runs_on_what_decodes(tmp_path):
         assert_user_error(proc, "clip.avi")
 
 
-def test_video_without_calib(tmp_path):
+def test_video_without_calib(tmp_path, slam_run):
     _write_video(tmp_path / "clip.avi", frames=3)
-    proc = slam_run("clip.avi", "--out", "out", cwd=tmp_path)
+    proc = slam_run("clip.avi", "--out", "out")
     assert_user_error(proc, "clip.avi", "--calib")
 
 
-def test_good_video_runs(tmp_path):
+def test_good_video_runs(tmp_path, slam_run):
     _write_video(tmp_path / "clip.avi", frames=5)
     (tmp_path / "calib.txt").write_text(CALIB)
-    proc = slam_run("clip.avi", "--out", "out", cwd=tmp_path)
+    proc = slam_run("clip.avi", "--out", "out")
     assert_ran(proc, tmp_path / "out", frames=5)
 
 
@@ -363,10 +400,10 @@ def test_good_video_runs(tmp_path):
     ids=["typo-key", "unknown-section", "wrong-type-int", "wrong-type-bool", "section-not-mapping",
          "broken-yaml", "not-a-mapping"],
 )
-def test_bad_config_file(tmp_path, yaml_text, needles):
+def test_bad_config_file(tmp_path, yaml_text, needles, slam_run):
     make_folder(tmp_path / "seq", frames=2)
     (tmp_path / "bad.yaml").write_text(yaml_text)
-    proc = slam_run("seq", "--out", "out", "--config", "bad.yaml", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out", "--config", "bad.yaml")
     assert_user_error(proc, *needles)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -387,28 +424,28 @@ def test_bad_config_file(tmp_path, yaml_text, needles):
     ids=["unknown-name", "missing-file", "unknown-set-key", "stride-0", "negative-resize", "unknown-features",
          "unknown-frontend", "set-without-equals", "missing-mask"],
 )
-def test_bad_options(tmp_path, args, needles):
+def test_bad_options(tmp_path, args, needles, slam_run):
     make_folder(tmp_path / "seq", frames=2)
-    proc = slam_run("seq", "--out", "out", *args, cwd=tmp_path)
+    proc = slam_run("seq", "--out", "out", *args)
     assert_user_error(proc, *needles)
 
 
 # ---------------------------------------------------------------------------------------------- output
-def test_output_folder_not_writable(tmp_path):
+def test_output_folder_not_writable(tmp_path, slam_run):
     make_folder(tmp_path / "seq", frames=2)
     (tmp_path / "blocker").write_text("a file where the output folder should go\n")
-    proc = slam_run("seq", "--out", "blocker/run", cwd=tmp_path)
+    proc = slam_run("seq", "--out", "blocker/run")
     assert_user_error(proc, "blocker", "not writable")
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write a read-only folder")
-def test_output_folder_read_only(tmp_path):
+def test_output_folder_read_only(tmp_path, slam_run):
     make_folder(tmp_path / "seq", frames=2)
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        proc = slam_run("seq", "--out", "ro/run", cwd=tmp_path)
+        proc = slam_run("seq", "--out", "ro/run")
     finally:
         ro.chmod(0o755)
     assert_user_error(proc, "ro", "not writable")
@@ -418,3 +455,45 @@ def test_source_errors_are_input_errors(tmp_path):
     """The library raises InputError subclasses (what the CLI turns into one line) for bad folders."""
     with pytest.raises(InputError, match="no such file"):
         open_source(str(tmp_path / "nowhere"), SourceConfig())
+
+
+# ---------------------------------------------------------------------------------------------- a real terminal
+def _prepare_case(tmp_path: Path, case: str) -> list[str]:
+    """Lay out the input of ``case`` in ``tmp_path``; returns the ``slam run`` arguments."""
+    if case == "missing-path":
+        return ["nowhere", "--out", "out"]
+    make_folder(tmp_path / "seq", frames=4, calib="nan 80 79.5 59.5\n" if case == "nan-calib" else CALIB)
+    if case == "bad-config":
+        (tmp_path / "bad.yaml").write_text("tracking:\n  min_tracked_pionts: 20\n")
+        return ["seq", "--out", "out", "--config", "bad.yaml"]
+    if case == "unwritable-out":
+        (tmp_path / "blocker").write_text("")
+        return ["seq", "--out", "blocker/run"]
+    if case == "undecodable-video":
+        (tmp_path / "clip.mp4").write_bytes(os.urandom(4096))
+        (tmp_path / "calib.txt").write_text(CALIB)
+        return ["clip.mp4", "--out", "out"]
+    if case == "corrupt-frame":
+        (tmp_path / "seq" / "rgb" / "000002.png").write_bytes(os.urandom(300))
+    return ["seq", "--out", "out"]
+
+
+@pytest.mark.parametrize(
+    "case, needles",
+    [
+        ("missing-path", ["nowhere", "no such file"]),
+        ("nan-calib", ["calib.txt", "nan"]),
+        ("bad-config", ["bad.yaml", "tracking.min_tracked_pionts"]),
+        ("unwritable-out", ["blocker", "not writable"]),
+        ("undecodable-video", ["clip.mp4"]),
+        ("corrupt-frame", []),
+    ],
+)
+def test_terminal_output(tmp_path, case, needles):
+    """In a fresh interpreter: one ``error:`` line and exit 2, or a warning naming the skipped file and exit 0."""
+    proc = slam_run_subprocess(*_prepare_case(tmp_path, case), cwd=tmp_path)
+    if case == "corrupt-frame":
+        assert_ran(proc, tmp_path / "out", frames=3)
+        assert any("WARNING" in ln and "000002.png" in ln for ln in proc.stderr.splitlines()), proc.stderr
+    else:
+        assert_user_error(proc, *needles)

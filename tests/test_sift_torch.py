@@ -14,7 +14,8 @@ from slam.errors import ConfigError, InputError  # noqa: E402
 from slam.features.base import Features  # noqa: E402
 from slam.features.matching import match_descriptors  # noqa: E402
 from slam.features.sift import SiftExtractor  # noqa: E402
-from slam.features.sift_torch import SCALE_FACTOR, TorchSIFTExtractor, match_descriptors_torch  # noqa: E402
+from slam.features.sift_torch import SCALE_FACTOR, TorchSIFTExtractor, match_batch_torch  # noqa: E402
+from slam.features.torch_matching import match_descriptors_torch  # noqa: E402
 
 W, H = 320, 240
 
@@ -86,10 +87,8 @@ def test_rotation_invariance(image, angle):
     img2, A = _affine_pair(image, angle)
     ex = extractor(num_features=500, clahe=False)
     f1, f2 = ex.extract(image), ex.extract(img2)
-    idx, _ = match_descriptors_torch(torch.from_numpy(f1.descriptors), torch.from_numpy(f2.descriptors), 0.8, True)
-    idx = idx.numpy()
-    m1 = np.flatnonzero(idx >= 0)
-    m2 = idx[m1]
+    pairs = match_descriptors_torch(torch.from_numpy(f1.descriptors), torch.from_numpy(f2.descriptors), 0.8, True)
+    m1, m2 = pairs[:, 0].numpy(), pairs[:, 1].numpy()
     p12 = f1.keypoints[m1] @ A[:, :2].T + A[:, 2]
     err = np.linalg.norm(p12 - f2.keypoints[m2], axis=1)
     correct = err < 3.0
@@ -187,18 +186,28 @@ def test_batch_equals_single_frames(image):
         assert np.allclose(got.descriptors, want.descriptors, atol=1e-4)
 
 
-def test_matcher_agrees_with_numpy_matcher():
+def test_batch_matcher_agrees_with_pair_matchers():
+    """match_batch_torch on a padded batch gives, per image, the pairs of the numpy and torch pair matchers."""
     rng = np.random.default_rng(5)
-    d1 = np.abs(rng.standard_normal((200, 128))).astype(np.float32)
-    d1 /= np.linalg.norm(d1, axis=1, keepdims=True)
-    d2 = d1[rng.permutation(200)[:150]] + 0.05 * np.abs(rng.standard_normal((150, 128))).astype(np.float32)
-    d2 = np.vstack([d2, np.abs(rng.standard_normal((50, 128))).astype(np.float32)])
-    d2 /= np.linalg.norm(d2, axis=1, keepdims=True)
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    d1 = unit(np.abs(rng.standard_normal((200, 128))))
+    d2 = unit(np.vstack([d1[rng.permutation(200)[:150]] + 0.05 * np.abs(rng.standard_normal((150, 128))),
+                         np.abs(rng.standard_normal((50, 128)))]))
     want = match_descriptors(d1, d2, False, 0.8, True)
-    idx, dist = match_descriptors_torch(torch.from_numpy(d1), torch.from_numpy(d2), 0.8, True)
-    got = np.stack([np.flatnonzero(idx.numpy() >= 0), idx.numpy()[idx.numpy() >= 0]], axis=1)
     assert len(want) > 100
-    assert np.array_equal(got, want)
+    assert np.array_equal(match_descriptors_torch(torch.from_numpy(d1), torch.from_numpy(d2), 0.8, True).numpy(), want)
+    # batch of 2: the pair above, and the same pair with the last 60 rows of d2 padding (invalid)
+    b1 = torch.from_numpy(np.stack([d1, d1]))
+    b2 = torch.from_numpy(np.stack([d2, d2]))
+    valid2 = torch.ones(2, 200, dtype=torch.bool)
+    valid2[1, 140:] = False
+    idx, dist = match_batch_torch(b1, b2, 0.8, True, valid2=valid2)
+    for i, cut in enumerate((200, 140)):
+        got = np.stack([np.flatnonzero(idx[i].numpy() >= 0), idx[i].numpy()[idx[i].numpy() >= 0]], axis=1)
+        assert np.array_equal(got, match_descriptors(d1, d2[:cut], False, 0.8, True))
     assert np.isinf(dist.numpy()[idx.numpy() < 0]).all()
 
 
@@ -220,3 +229,17 @@ def test_secondary_orientations_fill_free_slots(image):
     # when the detected keypoints fill all slots there is no room for a second orientation
     few = extractor(num_features=50, clahe=False).extract(image)
     assert len(np.unique(few.keypoints, axis=0)) == len(few) == 50
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("graph", [False, True])
+def test_cuda_matches_cpu(image, graph):
+    """On CUDA (eager or through a CUDA graph) the keypoints are those found on the CPU."""
+    cfg = FeatureConfig(num_features=500)
+    ref = TorchSIFTExtractor(cfg, device="cpu").extract(image)
+    ex = TorchSIFTExtractor(cfg, device="cuda", cuda_graph=graph)
+    for _ in range(2):  # the second call replays the captured graph
+        got = ex.extract(image)
+        d = np.linalg.norm(got.keypoints[:, None] - ref.keypoints[None], axis=2).min(axis=1)
+        assert abs(len(got) - len(ref)) <= 0.02 * len(ref)
+        assert (d < 0.05).mean() > 0.97

@@ -127,8 +127,7 @@ def test_training_loss_goes_down_and_resume_matches(tmp_path):
     losses = np.array([h["desc"] for h in full["history"] if "desc" in h])
     assert losses[-10:].mean() < losses[:5].mean() - 0.3, losses
     # an interrupted run resumed from its checkpoint ends with the same weights
-    short = T.TrainConfig(**{**cfg.__dict__, "steps": 20})
-    T.train(short, tmp_path / "b")
+    T.train(cfg, tmp_path / "b", stop_after=20)
     T.train(cfg, tmp_path / "b", out=tmp_path / "b.pt")
     wa = torch.load(tmp_path / "a.pt", weights_only=True)["state_dict"]
     wb = torch.load(tmp_path / "b.pt", weights_only=True)["state_dict"]

@@ -80,7 +80,9 @@ def sinus_frames(count: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
     return out
 
 
-def load_source(name: str, cache: Path, count: int, size: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+def load_source(
+    name: str, cache: Path, count: int, size: tuple[int, int]
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
     if name == "textured":
         return [(textured_image(size[0], size[1], 100 + i), None) for i in range(count)]
     if name == "sinus":
@@ -261,7 +263,8 @@ def main() -> None:
         print(f"\nQuality on homography pairs, {args.num_features} features, 3 px "
               f"(rep = repeatability, MMA = mean matching accuracy, correct = correct matches per pair, "
               f"distinct = at distinct keypoint locations)")
-        print(f"{'source':10s} {'extractor':8s} {'kp':>6s} {'rep':>6s} {'MMA':>6s} {'matches':>8s} {'correct':>8s} {'distinct':>8s}")
+        print(f"{'source':10s} {'extractor':8s} {'kp':>6s} {'rep':>6s} {'MMA':>6s} {'matches':>8s} {'correct':>8s} "
+              f"{'distinct':>8s}")
         all_rows: dict[str, list] = {"opencv": [], "torch": []}
         for src in args.sources:
             frames = load_source(src, args.cache, args.images, (640, 480))
@@ -312,7 +315,8 @@ def main() -> None:
                       f"{(d < 0.05).mean():.3f} within 0.05 px of a CPU keypoint")
         for k, v in res.items():
             print(f"  {k:45s} {v:9.3f} ms")
-        print(f"  {'OpenCV SIFT extract() on CPU (per frame)':45s} {time_opencv(cvx, gray, max(3, args.repeats // 4)):9.3f} ms")
+        cv_ms = time_opencv(cvx, gray, max(3, args.repeats // 4))
+        print(f"  {'OpenCV SIFT extract() on CPU (per frame)':45s} {cv_ms:9.3f} ms")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="base config (name or YAML) for every sequence, instead of "
                                                   "the one chosen per sequence (endoscopy for tubes, kitti ...)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
+                   help="system.device of every run (default cpu: auto would import torch even for SIFT)")
     p.add_argument("--mode", choices=["sync", "threads"], default="sync",
                    help="sync: tracking and mapping in one thread, deterministic (default); threads: mapper thread")
     p.add_argument("--out", default=None, help="output folder (default runs/bench/SUITE)")

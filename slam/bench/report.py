@@ -125,6 +125,10 @@ def machine_info(device: str | None = None) -> dict:
                 info["cuda"] = torch.version.cuda
         except Exception:  # no torch / broken driver: the report says no GPU
             pass
+    try:
+        info["load_avg_1m"] = round(os.getloadavg()[0], 2)  # other work on the machine skews fps
+    except (AttributeError, OSError):
+        pass
     info["commit"] = _git_commit()
     return info
 
@@ -147,6 +151,8 @@ def describe_machine(m: dict) -> str:
     if m.get("gpu"):
         text += f"; GPU {m['gpu']}" + (f" ({m['gpu_memory_gb']:g} GB)" if m.get("gpu_memory_gb") else "")
     text += f"; Python {m.get('python', '?')}"
+    if m.get("load_avg_1m") is not None:
+        text += f"; load average {m['load_avg_1m']:g} at start"
     if m.get("commit"):
         text += f"; commit {m['commit']}"
     return text
@@ -219,7 +225,7 @@ def format_markdown(data: dict) -> str:
                  f"mode: {meta.get('mode', '?')}; device: {meta.get('device', '?')}")
     if repeat > 1:
         lines.append(f"- {repeat} runs per cell: median ± half the range")
-    lines.append("- ATE after Sim3 alignment (scene units; % of the ground-truth path length); RPE over "
+    lines.append("- ATE after Sim3 alignment (ground-truth units; % of the ground-truth path length); RPE over "
                  "consecutive frames; tracked % of frames; ms/frame is wall time over frames")
     lines.append("")
     show = [m for m in METRICS if any(m[0] in s["metrics"] for s in summary)]

@@ -20,6 +20,11 @@ def create_extractor(cfg: FeatureConfig, device: str = "cpu") -> FeatureExtracto
     """
     kind = str(cfg.type).strip().lower()
     if kind == "sift":
+        if str(device).startswith("cuda"):
+            # SIFT written in torch: the whole pipeline on the GPU (OpenCV SIFT stays the CPU default)
+            from slam.features.sift_torch import TorchSIFTExtractor
+
+            return TorchSIFTExtractor(cfg, device=device)
         from slam.features.sift import SiftExtractor
 
         return SiftExtractor(cfg)

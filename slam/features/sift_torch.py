@@ -55,8 +55,9 @@ Measured against :class:`slam.features.sift.SiftExtractor` (``tools/bench_sift_t
 homography pairs of synthetic tube / room and real sinus frames, 2000 features, CLAHE): repeatability@3px
 0.608 vs 0.598, matching accuracy@3px 0.984 vs 0.983, correct matches per pair 463 vs 484.
 
-Matching on the device: :func:`match_descriptors_torch` (mutual nearest neighbour + Lowe's ratio test,
-fixed-size outputs, no host round trip); it lives here until ``slam.features.torch_matching`` is available.
+Matching on the device: :func:`slam.features.torch_matching.match_descriptors_torch` for one pair of
+images (``Features`` descriptors or tensors); :func:`match_batch_torch` here for padded batches
+(:class:`BatchFeatures`), with fixed-size outputs and so without a host round trip.
 """
 
 from __future__ import annotations
@@ -152,6 +153,15 @@ def _neighbourhood_max_min(ring: Any) -> tuple[Any, Any]:
         a = op(op(a[..., :-2, :], a[..., 1:-1, :]), a[..., 2:, :])
         out.append(op(op(a[:, 0:3], a[:, 1:4]), a[:, 2:5]))
     return out[0], out[1]
+
+
+def _gather_keypoints(kp: dict[str, Any], index: Any) -> dict[str, Any]:
+    """The per-keypoint tensors of ``kp`` (``(B, N)`` or ``(B, N, 2)``) at ``index (B, K)``."""
+    torch = _torch()
+    return {
+        key: torch.gather(val, 1, index[..., None].expand(-1, -1, val.shape[-1]) if val.dim() == 3 else index)
+        for key, val in kp.items()
+    }
 
 
 def _refine_peak(hist: Any, peak: Any) -> Any:
@@ -544,8 +554,8 @@ class TorchSIFTExtractor(FeatureExtractor):
             adj = torch.linalg.cross(hess[..., c["rot1"], :], hess[..., c["rot2"], :], dim=-1)
             det = (hess[..., 0, :] * adj[..., 0, :]).sum(-1)
             solvable = det.abs() > 1e-12
-            inv = 1.0 / torch.where(solvable, det, torch.ones_like(det))
-            off = -torch.matmul(adj, grad[..., None])[..., 0] * torch.where(solvable, inv, torch.zeros_like(inv))[..., None]
+            inv = torch.where(solvable, 1.0 / torch.where(solvable, det, torch.ones_like(det)), torch.zeros_like(det))
+            off = -torch.matmul(adj, grad[..., None])[..., 0] * inv[..., None]
             big = off.abs().amax(-1)
             converged = valid & solvable & (big < 0.5)
             if step == self.refine_steps - 1:
@@ -793,14 +803,11 @@ class TorchSIFTExtractor(FeatureExtractor):
         if masks is not None:
             ix = torch.clamp(torch.round(kp["xy"][..., 0]).long(), 0, w - 1)
             iy = torch.clamp(torch.round(kp["xy"][..., 1]).long(), 0, h - 1)
-            kp["valid"] = kp["valid"] & torch.gather(masks.view(b, -1), 1, iy * w + ix)
+            kp["valid"] = kp["valid"] & torch.gather(masks.reshape(b, -1), 1, iy * w + ix)
         clock.lap("refine")
         k = min(int(self.cfg.num_features), n_cand)
         sel, sel_valid = self._spread_topk(kp["xy"], kp["response"], kp["valid"], k, w, h)
-        kp = {
-            key: torch.gather(val, 1, sel[..., None].expand(-1, -1, 2)) if key == "xy" else torch.gather(val, 1, sel)
-            for key, val in kp.items()
-        }
+        kp = _gather_keypoints(kp, sel)
         kp["valid"] = sel_valid
         clock.lap("select")
         atlas = self._gradient_atlas(pyr)
@@ -809,14 +816,11 @@ class TorchSIFTExtractor(FeatureExtractor):
             # a second keypoint per strong secondary peak, in the slots primaries leave free (primaries first)
             both = {key: torch.cat([val, val], 1) for key, val in kp.items()}
             both["valid"] = torch.cat([sel_valid, sel_valid & has2], 1)
-            is_second = torch.zeros_like(both["valid"])
-            is_second[:, k:] = True
-            priority = torch.where(both["valid"], is_second.to(torch.long), torch.full_like(is_second, 2, dtype=torch.long))
+            priority = torch.ones_like(both["valid"], dtype=torch.long)
+            priority[:, :k] = 0
+            priority = torch.where(both["valid"], priority, torch.full_like(priority, 2))
             keep = torch.sort(priority, dim=1, stable=True).indices[:, :k]
-            kp = {
-                key: torch.gather(val, 1, keep[..., None].expand(-1, -1, 2)) if key == "xy" else torch.gather(val, 1, keep)
-                for key, val in both.items()
-            }
+            kp = _gather_keypoints(both, keep)
             theta = torch.gather(torch.cat([theta, theta2], 1), 1, keep)
             sel_valid = kp["valid"]
         clock.lap("orientation")
@@ -923,13 +927,18 @@ class TorchSIFTExtractor(FeatureExtractor):
         return feats, index.astype(np.int64)
 
 
-def match_descriptors_torch(d1: Any, d2: Any, ratio: float = 0.8, mutual: bool = True) -> tuple[Any, Any]:
-    """Nearest-neighbour matching of float descriptors on their device, with fixed-size outputs.
+def match_batch_torch(
+    d1: Any, d2: Any, ratio: float | None = 0.8, mutual: bool = True, valid1: Any = None, valid2: Any = None
+) -> tuple[Any, Any]:
+    """Matching of padded descriptor batches on their device with fixed-size outputs (no host round trip):
+    the batched counterpart of :func:`slam.features.torch_matching.match_descriptors_torch` (same rule:
+    nearest neighbour, Lowe's ratio test, mutual check; L2 distances).
 
     Args:
-        d1: ``(..., N, D)`` and d2: ``(..., M, D)`` float tensors (unit-norm RootSIFT; zero rows never match).
-        ratio: Lowe's ratio test on L2 distances (1.0 disables it).
+        d1: ``(..., N, D)`` and d2: ``(..., M, D)`` float tensors, e.g. ``BatchFeatures.descriptors``.
+        ratio: Lowe's ratio (None or >= 1 disables the test).
         mutual: keep only pairs that are each other's nearest neighbour.
+        valid1, valid2: optional ``(..., N)`` / ``(..., M)`` bool; invalid rows never match.
 
     Returns:
         ``(idx (..., N) int64, dist (..., N) float32)``: for every row of ``d1`` the matched row of ``d2``
@@ -937,26 +946,26 @@ def match_descriptors_torch(d1: Any, d2: Any, ratio: float = 0.8, mutual: bool =
     """
     torch = _torch()
     n, m = d1.shape[-2], d2.shape[-2]
-    shape = d1.shape[:-1]
     if n == 0 or m == 0:
+        shape = d1.shape[:-1]
         return (torch.full(shape, -1, dtype=torch.long, device=d1.device),
                 torch.full(shape, float("inf"), device=d1.device))
     a, b = d1.to(torch.float32), d2.to(torch.float32)
-    na = (a * a).sum(-1)
-    nb = (b * b).sum(-1)
-    d2m = torch.clamp(na[..., :, None] + nb[..., None, :] - 2.0 * (a @ b.transpose(-1, -2)), min=0.0)
-    d2m = torch.where(nb[..., None, :] > 0, d2m, torch.full_like(d2m, float("inf")))
-    d2m = torch.where(na[..., :, None] > 0, d2m, torch.full_like(d2m, float("inf")))
+    sq = torch.clamp((a * a).sum(-1)[..., :, None] + (b * b).sum(-1)[..., None, :] - 2.0 * (a @ b.transpose(-1, -2)),
+                     min=0.0)
+    inf = torch.full_like(sq, float("inf"))
+    if valid1 is not None:
+        sq = torch.where(valid1[..., :, None], sq, inf)
+    if valid2 is not None:
+        sq = torch.where(valid2[..., None, :], sq, inf)
     kk = min(2, m)
-    best = torch.topk(d2m, kk, dim=-1, largest=False)
+    best = torch.topk(sq, kk, dim=-1, largest=False)
     idx = best.indices[..., 0]
     dist = torch.sqrt(best.values[..., 0])
     ok = torch.isfinite(dist)
-    if kk == 2 and ratio < 1.0:
-        second = torch.sqrt(best.values[..., 1])
-        ok = ok & (dist < ratio * second)
+    if kk == 2 and ratio is not None and ratio < 1.0:
+        ok = ok & (dist < ratio * torch.sqrt(best.values[..., 1]))
     if mutual:
-        back = torch.argmin(d2m, dim=-2)  # (..., M)
+        back = torch.argmin(sq, dim=-2)  # (..., M): on ties the lowest row keeps the column
         ok = ok & (torch.gather(back, -1, idx) == torch.arange(n, device=d1.device))
-    idx = torch.where(ok, idx, torch.full_like(idx, -1))
-    return idx, torch.where(ok, dist, torch.full_like(dist, float("inf")))
+    return torch.where(ok, idx, torch.full_like(idx, -1)), torch.where(ok, dist, torch.full_like(dist, float("inf")))

@@ -526,7 +526,7 @@ def evaluate_extractor(extractor, pairs: list[Pair], ratio: float | None = 0.8, 
 class TrainConfig:
     """Settings of one training run (all of them are recorded in the checkpoint)."""
 
-    steps: int = 500
+    steps: int = 2000
     batch: int = 4
     crop: int = 96
     lr: float = 1e-3
@@ -537,11 +537,11 @@ class TrainConfig:
     synth_seeds: int = 2
     synth_frames: int = 3
     textures: int = 24
-    eval_every: int = 100
+    eval_every: int = 250
     eval_pairs: int = 12
     eval_size: int = 192
     checkpoint_every: int = 50
-    threads: int = 2
+    threads: int = 1
     device: str = "cpu"
     augment: float = 1.0
     batchnorm: bool = True  # train with batch norm, folded into the convolutions on export
@@ -578,15 +578,16 @@ def export_weights(net, path: str | Path, meta: dict[str, Any]) -> Path:
 
 
 def train(cfg: TrainConfig, work_dir: str | Path, out: str | Path | None = None, resume: bool = True,
-          init_weights: str | Path | None = None, progress: Callable[[dict[str, Any]], None] | None = None
-          ) -> dict[str, Any]:
+          init_weights: str | Path | None = None, progress: Callable[[dict[str, Any]], None] | None = None,
+          stop_after: int | None = None) -> dict[str, Any]:
     """Train (or resume) a SuperPoint network; returns the log of the run.
 
     ``work_dir`` holds ``checkpoint.pt`` (network, optimiser, step; written every ``checkpoint_every``
     steps), ``log.jsonl`` (one line per step: loss parts, learning rate; eval lines with held-out
     ``mma@1/3/5``, ``repeatability``, ``correct``) and ``data/`` (rendered synthetic frames). ``out`` receives
     the final fp16 weights. With ``resume`` an existing checkpoint continues the run; batches depend only on
-    (seed, step), so the result matches an uninterrupted run.
+    (seed, step), so the result matches an uninterrupted run. ``stop_after`` ends this call after that many
+    steps (checkpoint written, no export): a long run in slices.
     """
     from slam.features.superpoint import SuperPointExtractor, build_network, fold_batchnorm, import_torch, load_network
 
@@ -653,7 +654,8 @@ def train(cfg: TrainConfig, work_dir: str | Path, out: str | Path | None = None,
 
     net.train()
     t_start = time.perf_counter()
-    while step < cfg.steps:
+    last = cfg.steps if stop_after is None else min(cfg.steps, step + int(stop_after))
+    while step < last:
         rng = np.random.default_rng([cfg.seed, 1, step])
         pairs = sample_batch(pool, rng, cfg.batch, cfg.crop, cfg.warp, cfg.augment)
         lr = _lr_at(step, cfg)
@@ -667,14 +669,14 @@ def train(cfg: TrainConfig, work_dir: str | Path, out: str | Path | None = None,
         step += 1
         write({"step": step, "lr": lr, **{k: round(v, 5) for k, v in parts.items()},
                "elapsed_s": round(time.perf_counter() - t_start, 1)})
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % cfg.checkpoint_every == 0 or step == last:
             save()
         if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
             res = evaluate()
             write({"step": step, "eval": {k: round(v, 4) for k, v in res.items()}})
             log.info("step %d held-out: mma@3 %.3f rep %.3f correct %.1f", step, res["mma@3"],
                      res["repeatability"], res["correct"])
-    if out is not None:
+    if out is not None and step >= cfg.steps:
         export_weights(net, out, {"trained_by": "slam train-features", "steps": step, "config": cfg.to_dict(),
                                   "final_eval": next((h["eval"] for h in reversed(history) if "eval" in h), None)})
         log.info("weights written to %s", out)

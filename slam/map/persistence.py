@@ -75,7 +75,7 @@ def _pack(out: dict, key: str, items: list[np.ndarray], stacked: bool) -> None:
 
 
 def _unpack(data, key: str, count: int, stacked: bool) -> list[np.ndarray]:
-    """Inverse of :func:`_pack`: ``count`` independent arrays (copies, not views of the file arrays)."""
+    """Inverse of :func:`_pack`: ``count`` arrays, slices of one in-memory copy per group (disjoint rows)."""
     group = np.asarray(data[f"{key}_group"])
     if len(group) != count:
         raise KeyError(f"{key}_group has {len(group)} entries, expected {count}")
