@@ -91,6 +91,7 @@ class TrackingConfig:
     keyframe_tracked_ratio: float = 0.75  # new keyframe when tracked/ref-keyframe points falls below
     keyframe_min_tracked: int = 50
     relocalise: bool = True
+    mapper_backpressure: bool = True  # file input: wait for the mapper when it falls behind (live: off)
     max_lost_before_reset: int = 2  # frames lost in a row (relocalisation failing) before a new map is started
     flow_win_size: int = 21
     flow_levels: int = 3

@@ -50,6 +50,13 @@ class LocalMapper:
     def insert(self, kf: KeyFrame) -> None:
         self.process(kf)
 
+    @property
+    def backlog(self) -> int:
+        return 0
+
+    def wait_backlog(self, max_backlog: int, timeout: float = 10.0) -> None:
+        """Nothing is ever waiting in the synchronous core."""
+
     def check(self) -> None:
         """Nothing to check in the synchronous core (errors propagate directly)."""
 
@@ -406,6 +413,7 @@ class LocalMapperThread:
         self.core = core
         self._queue: queue.Queue[KeyFrame | None] = queue.Queue(max_queue)
         self._busy = threading.Event()
+        self._idle_cond = threading.Condition()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="local-mapping", daemon=True)
         self._thread.start()
@@ -440,6 +448,29 @@ class LocalMapperThread:
             finally:
                 self._busy.clear()
                 self._queue.task_done()
+                with self._idle_cond:
+                    self._idle_cond.notify_all()
+
+    @property
+    def backlog(self) -> int:
+        """Keyframes queued or being processed."""
+        return self._queue.unfinished_tasks  # queued + in work (counts down in task_done)
+
+    def wait_backlog(self, max_backlog: int, timeout: float = 10.0) -> None:
+        """Block (up to ``timeout`` s) until at most ``max_backlog`` keyframes are waiting or in work.
+
+        Back-pressure for file input: a tracker far ahead of its mapper tracks against a map that has
+        not grown into the new view yet and loses it. A live camera drops frames instead.
+        """
+        import time
+
+        end = time.monotonic() + timeout
+        with self._idle_cond:
+            while self.backlog > max_backlog and self._thread.is_alive() and self._error is None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                self._idle_cond.wait(left)
 
     def wait_idle(self) -> None:
         """Block until every queued keyframe is processed."""

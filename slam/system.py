@@ -101,13 +101,21 @@ class System:
         return m
 
     # ------------------------------------------------------------------------------------------ per frame
-    def process(self, fd: FrameData) -> TrackResult:
-        """Track one frame (raises the mapping thread's error, if it failed)."""
+    def prepare(self, fd: FrameData):
+        """Preprocess and extract one frame (stateless: may run ahead in another thread)."""
+        with self.timer.stage("extract"):
+            return self.tracker.prepare(fd, self.preprocessor)
+
+    def process(self, fd: FrameData, prepared=None) -> TrackResult:
+        """Track one frame (raises the mapping thread's error, if it failed).
+
+        ``prepared`` is the ``(frame, mask)`` of :meth:`prepare` when it was computed ahead of time.
+        """
         self.mapper.check()
         with self.timer.stage("frame"):
-            with self.timer.stage("extract"):
-                frame, mask = self.tracker.prepare(fd, self.preprocessor)
-            result = self.tracker.track(frame)
+            frame, mask = prepared if prepared is not None else self.prepare(fd)
+            with self.timer.stage("track"):
+                result = self.tracker.track(frame)
         self.num_frames += 1
         self.states.append((fd.index, fd.timestamp, result.state, result.num_tracked))
         self.last_frame = frame
@@ -184,6 +192,60 @@ class System:
         }
 
 
+class FramePrefetcher:
+    """Reads and prepares (decode, mask, keypoints) the next frames in a worker thread.
+
+    OpenCV releases the GIL while it decodes and extracts, so on a multi-core machine this runs beside
+    tracking. Iterating yields ``(FrameData, (frame, mask))`` in source order; an error in the worker is
+    re-raised by the iteration. At most ``depth`` frames are held ahead.
+    """
+
+    _END = object()
+
+    def __init__(self, frames: Iterable[FrameData], prepare: Callable, depth: int = 3) -> None:
+        import queue
+        import threading
+
+        self._queue: "queue.Queue" = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(frames, prepare), name="frame-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, frames: Iterable[FrameData], prepare: Callable) -> None:
+        try:
+            for fd in frames:
+                if self._stop.is_set() or not self._put((fd, prepare(fd))):
+                    return
+        except BaseException as exc:  # handed to the consumer
+            self._put(("error", exc))
+            return
+        self._put(self._END)
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and item[0] == "error":
+                raise item[1]
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+
 def run_frames(
     system: System,
     frames: Iterable[FrameData],
@@ -194,12 +256,14 @@ def run_frames(
     start = time.perf_counter()
     interrupted = False
     error: BaseException | None = None
+    prefetcher = None if system.cfg.system.sync else FramePrefetcher(frames, system.prepare)
     try:
-        for fd in frames:
+        items = prefetcher if prefetcher is not None else ((fd, None) for fd in frames)
+        for fd, prepared in items:
             if should_stop is not None and should_stop():
                 interrupted = True
                 break
-            result = system.process(fd)
+            result = system.process(fd, prepared)
             if on_frame is not None:
                 on_frame(fd, result)
     except KeyboardInterrupt:
@@ -207,6 +271,9 @@ def run_frames(
         log.warning("interrupted: writing what was tracked so far")
     except Exception as exc:  # kept, outputs written, re-raised by the caller
         error = exc
+    finally:
+        if prefetcher is not None:
+            prefetcher.close()
     try:
         system.finish()
     except Exception as exc:

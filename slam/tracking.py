@@ -328,6 +328,11 @@ class Tracker:
         self._ref_kf = kf
         self._frames_since_kf = 0
         self._tracked_at_last_kf = frame.num_matched
+        if self.tcfg.mapper_backpressure:
+            # weakly tracked: let the mapper catch up before the next frame; else bound its queue
+            weak = frame.num_matched < self.tcfg.keyframe_min_tracked * 2
+            with self.timer.stage("wait_mapper"):
+                self.mapper.wait_backlog(0 if weak else 1)
         return kf
 
     # =============================================================================== tracking

@@ -42,6 +42,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--work", default="runs/bench_features", help="cache of the rendered frames")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--timing", action="store_true",
+                   help="only time SuperPoint (single and batched extraction at --timing-size) and matching")
+    p.add_argument("--timing-size", default="640x480")
+    p.add_argument("--timing-batch", type=int, default=8)
+
+
+def time_superpoint(cfg, device: str, size: tuple[int, int], batch: int, repeats: int = 3) -> dict[str, float]:
+    """Milliseconds per image of SuperPoint extraction (single, batched) on ``device`` and of matching
+    ``num_features`` x ``num_features`` descriptors (torch on ``device``, numpy on the CPU)."""
+    from slam.features.matching import match_descriptors
+    from slam.features.superpoint import SuperPointExtractor, import_torch
+    from slam.features.torch_matching import match_descriptors_torch
+    from slam.features.train import texture_images
+
+    torch = import_torch()
+    w, h = size
+    src = texture_images(7, 1, size=max(w, h))[0].gray
+    imgs = [np.ascontiguousarray(np.roll(src, 3 * k, axis=1)[:h, :w]) for k in range(batch)]
+    ex = SuperPointExtractor(cfg, device=device)
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def best(fn) -> float:
+        fn()
+        sync()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return 1000.0 * min(times)
+
+    out = {"extract_ms": best(lambda: ex.extract(imgs[0])),
+           "extract_batched_ms_per_image": best(lambda: ex.extract_batch(imgs)) / batch}
+    f = ex.extract_batch(imgs[:2], as_tensors=True)
+    d1, d2 = f[0]["descriptors"], f[1]["descriptors"]
+    out["keypoints"] = float(len(d1))
+    out["match_torch_ms"] = best(lambda: match_descriptors_torch(d1, d2, cfg.ratio, cfg.mutual))
+    n1, n2 = d1.cpu().numpy(), d2.cpu().numpy()
+    out["match_numpy_cpu_ms"] = best(lambda: match_descriptors(n1, n2, False, cfg.ratio, cfg.mutual))
+    return out
 
 
 def scene_pairs(scene: str, count: int, seed: int, size: tuple[int, int], cache: Path) -> list:
@@ -90,13 +134,18 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"features.weights={json.dumps(str(args.weights))}")
     cfg = load_config(args.config, overrides)
     device = "cpu"
-    if "superpoint" in methods or args.torch_matching:
+    if "superpoint" in methods or args.torch_matching or args.timing:
         from slam.features.superpoint import import_torch, resolve_device
 
         torch = import_torch()
         device = resolve_device(args.device)
         if args.threads > 0:
             torch.set_num_threads(args.threads)
+    if args.timing:
+        fcfg = load_config(args.config, overrides + ["features.type=superpoint"]).features
+        res = time_superpoint(fcfg, device, parse_size(args.timing_size), args.timing_batch)
+        print(json.dumps({"device": device, "size": args.timing_size, "batch": args.timing_batch, **res}, indent=2))
+        return 0
     matcher = None
     if args.torch_matching:
         from slam.features.torch_matching import match_features_torch

@@ -236,6 +236,27 @@ def sample_descriptors(desc_map, xy):
     return torch.nn.functional.normalize(out[..., 0].transpose(1, 2), dim=-1)
 
 
+def refine_subpixel(score, xy):
+    """Sub-pixel positions of integer peaks ``xy (N, 2)`` of a ``(H, W)`` score map: per axis the vertex of
+    the parabola through the log-scores at -1, 0, +1 px, clamped to +-0.5 px."""
+    torch = import_torch()
+    h, w = score.shape
+    ix, iy = xy[:, 0].long(), xy[:, 1].long()
+    logs = torch.log(score.float().clamp(min=1e-9))
+
+    def at(dx: int, dy: int):
+        return logs[(iy + dy).clamp(0, h - 1), (ix + dx).clamp(0, w - 1)]
+
+    c = at(0, 0)
+    out = xy.clone().float()
+    for axis, (m, p) in enumerate(((at(-1, 0), at(1, 0)), (at(0, -1), at(0, 1)))):
+        denom = m - 2.0 * c + p
+        off = torch.where(denom < -1e-6, 0.5 * (m - p) / torch.where(denom < -1e-6, denom, -torch.ones_like(denom)),
+                          torch.zeros_like(denom))
+        out[:, axis] += off.clamp(-0.5, 0.5)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- extractor
 class SuperPointExtractor(FeatureExtractor):
     """SuperPoint behind :class:`FeatureExtractor` (float32 L2-normalised 256-d descriptors, octaves all 0).
@@ -248,6 +269,9 @@ class SuperPointExtractor(FeatureExtractor):
         border_px: no keypoints this close to the image edge.
         mask_margin_px: the mask is eroded by this many pixels.
         half: fp16 autocast on CUDA (ignored on CPU).
+        refine: sub-pixel keypoint positions (parabola through the log-scores of the peak and its 4
+            neighbours, offsets clamped to half a pixel).
+        network: an already built network (e.g. during training) instead of loading ``cfg.weights``.
     """
 
     name = "superpoint"
@@ -256,7 +280,7 @@ class SuperPointExtractor(FeatureExtractor):
 
     def __init__(self, cfg: FeatureConfig, device: str = "cpu", nms_radius: int = 4,
                  detection_threshold: float = 0.002, border_px: int = 4, mask_margin_px: int = 4,
-                 half: bool = True, network=None) -> None:
+                 half: bool = True, refine: bool = True, network=None) -> None:
         check_config(cfg)
         torch = import_torch()
         if nms_radius < 0 or border_px < 0 or detection_threshold < 0:
@@ -269,6 +293,7 @@ class SuperPointExtractor(FeatureExtractor):
         self.border_px = int(border_px)
         self.mask_margin_px = int(mask_margin_px)
         self.half = bool(half) and self.device.type == "cuda"
+        self.refine = bool(refine)
 
     # ------------------------------------------------------------------------------------------ helpers
     def _prepare(self, gray: np.ndarray) -> np.ndarray:
@@ -369,6 +394,8 @@ class SuperPointExtractor(FeatureExtractor):
                 continue
             sel = self._select(xy, s, h, w)
             xy, s = xy[sel], s[sel]
+            if self.refine:
+                xy = refine_subpixel(scores[i], xy)
             d = sample_descriptors(desc_map[i:i + 1], xy[None])[0]
             if as_tensors:
                 results.append({"keypoints": xy, "descriptors": d, "scores": s})
