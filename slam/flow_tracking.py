@@ -267,10 +267,16 @@ class FlowTracker(Tracker):
                 point_ids = kf.point_ids[self._kf_idx].copy() if len(kf.point_ids) else np.full(len(self._kf_idx), -1)
             T_pred = last.T_cw if self._velocity is None else self._velocity @ last.T_cw
             guess = self._predicted_pixels(T_pred, point_ids) if self._velocity is not None else None
+            prev_pts = self._pts.copy()
             good = self._carry(frame, mask, guess)
             self._keep_tracks(good)
             point_ids = point_ids[good]
             ok = self._pose_from_tracks(frame, T_pred, point_ids)
+            if not ok:
+                with self.timer.stage("rotation"):
+                    if self._rotation_from_tracks(frame, prev_pts[good], point_ids):
+                        force = self._frames_since_kf >= 3
+                        return self._finish_tracked(frame, mask, force_keyframe=force, rotation_only=True)
         if not ok and (self.hybrid or self.state != TRACKING):
             ok = self._descriptor_fallback(frame, mask)
             if ok:
@@ -315,6 +321,32 @@ class FlowTracker(Tracker):
             frame.point_ids[:] = pid_full[sel]
         return True
 
+    def _rotation_from_tracks(self, frame: Frame, prev_pts: np.ndarray, point_ids: np.ndarray) -> bool:
+        """The camera turned in place: rotation from the flow tracks themselves, centre kept."""
+        from slam.geometry.rotation import estimate_rotation_ransac
+
+        last = self._last
+        if last is None or last.T_cw is None or len(self._pts) < 30:
+            return False
+        b1 = self.camera.unproject(prev_pts)
+        b2 = self.camera.unproject(self._pts)
+        R_21, inl = estimate_rotation_ransac(b1, b2, threshold_rad=2.0 / self.focal, seed=self.cfg.system.seed)
+        if inl.sum() < max(30, 0.6 * len(self._pts)) or not self._explained_by_rotation(b1, b2, inl):
+            return False
+        self._keep_tracks(inl)
+        self._set_keypoints(frame, self._flow_features(self._pts), self._tids)
+        T_cw = np.eye(4)
+        T_cw[:3, :3] = R_21 @ last.T_cw[:3, :3]
+        T_cw[:3, 3] = -T_cw[:3, :3] @ invert(last.T_cw)[:3, 3]
+        frame.T_cw = T_cw
+        frame.point_ids = np.asarray(point_ids[inl], np.int64).copy()
+        with self.map.lock:
+            alive = np.array([int(i) in self.map.points for i in frame.point_ids]) if len(frame.point_ids) else np.zeros(0, bool)
+        frame.point_ids[~alive] = -1
+        self.num_rotation_only += 1
+        log.debug("frame %d: rotation only from %d flow tracks", frame.index, int(inl.sum()))
+        return True
+
     def _descriptor_fallback(self, frame: Frame, mask: np.ndarray | None) -> bool:
         """Full keypoint extraction and descriptor tracking (reference keyframe, relocalisation, local map)."""
         with self.timer.stage("extract"):
@@ -335,7 +367,8 @@ class FlowTracker(Tracker):
             log.debug("frame %d: tracked by descriptor fallback", frame.index)
         return ok
 
-    def _finish_tracked(self, frame: Frame, mask: np.ndarray | None, force_keyframe: bool) -> TrackResult:
+    def _finish_tracked(self, frame: Frame, mask: np.ndarray | None, force_keyframe: bool,
+                        rotation_only: bool = False) -> TrackResult:
         last = self._last
         self.state = TRACKING
         if last is not None and last.T_cw is not None and frame.index - last.index <= 2:
@@ -351,6 +384,9 @@ class FlowTracker(Tracker):
             self._prev_gray = frame.gray
         ref = self._ref_kf
         self._record(frame, ref, frame.T_cw @ invert(ref.T_cw))
+        if num >= 30 and not rotation_only:
+            self._recent_depth = self._median_depth_last_of(frame) or self._recent_depth
+            self._note_motion(frame, last)
         self._last = frame
         self._last_good_T_wc = invert(frame.T_cw)
         return TrackResult(TRACKING, frame.T_cw, num, new_keyframe=new_kf)

@@ -404,7 +404,7 @@ class Tracker:
             return b / np.linalg.norm(b, axis=1, keepdims=True)
         b1, b2 = bearings(last.kp_undist[m[:, 0]]), bearings(frame.kp_undist[m[:, 1]])
         R_21, inl = estimate_rotation_ransac(b1, b2, threshold_rad=2.0 / self.focal, seed=self.cfg.system.seed)
-        if inl.sum() < max(30, 0.6 * len(m)):
+        if inl.sum() < max(30, 0.6 * len(m)) or not self._explained_by_rotation(b1, b2, inl):
             return False
         T_cw = np.eye(4)
         T_cw[:3, :3] = R_21 @ last.T_cw[:3, :3]
@@ -416,6 +416,22 @@ class Tracker:
         self.num_rotation_only += 1
         log.debug("frame %d: rotation only (%d inliers of %d)", frame.index, int(inl.sum()), len(m))
         return True
+
+    def _explained_by_rotation(self, b1: np.ndarray, b2: np.ndarray, rot_inliers: np.ndarray) -> bool:
+        """Whether a rotation explains the matches about as well as a general motion does.
+
+        Under pure rotation every essential matrix fits, so the rotation keeps nearly all of the essential
+        matrix's inliers; once the camera translates, the essential matrix keeps many more.
+        """
+        from slam.geometry.two_view import essential_inliers
+
+        x1 = b1[:, :2] / b1[:, 2:3]
+        x2 = b2[:, :2] / b2[:, 2:3]
+        front = (b1[:, 2] > 0.1) & (b2[:, 2] > 0.1)
+        if front.sum() < 10:
+            return True
+        _, e_inl = essential_inliers(x1[front], x2[front], self.focal, threshold_px=2.0, seed=self.cfg.system.seed)
+        return bool(rot_inliers[front].sum() >= 0.9 * e_inl.sum())
 
     def _try_local_map(self, frame: Frame) -> bool:
         """Local-map tracking that leaves the frame as it was when it fails."""
@@ -644,7 +660,10 @@ class Tracker:
         self._lost_in_row = 0
 
     def _median_depth_last(self) -> float | None:
-        last = self._last
+        return self._median_depth_last_of(self._last)
+
+    def _median_depth_last_of(self, last: Frame | None) -> float | None:
+        """Median depth of the map points a tracked frame observes."""
         if last is None or last.T_cw is None:
             return None
         X, _, ids = self._point_arrays(last.point_ids[last.point_ids >= 0])

@@ -6,12 +6,14 @@ switch), so it works headless and leaves any interactive backend of the host pro
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from slam.errors import DependencyError, InputError
+from slam.evaluation.trajectory import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +76,10 @@ def save_eval_plot(result, path: str | Path, title: str | None = None, dpi: int 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     try:
-        fig.savefig(path, format="png")
+        write_bytes_atomic(path, buffer.getvalue())  # a kill never leaves half a PNG
     except OSError as exc:
         raise InputError(f"{path}: cannot write plot ({exc})") from exc
     log.info("wrote evaluation plot %s", path)

@@ -293,9 +293,9 @@ class LossConfig:
     tau: float = 0.1
     grid_stride: int = 4
     keypoint_weight: float = 1.0
-    cov_weight: float = 0.5
+    cov_weight: float = 0.0
     peak_weight: float = 0.0
-    corner_weight: float = 1.0
+    corner_weight: float = 4.0
     corner_beta: float = 8.0
 
 
