@@ -160,10 +160,13 @@ class Camera:
             return out
         if self.model == "fisheye":
             und = cv2.fisheye.undistortPoints(pts, self.K, self.dist_array)
-        else:
-            criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 40, 1e-10)
-            und = cv2.undistortPoints(pts, self.K, self.dist_array, None, None, None, criteria)
-        return und.reshape(-1, 2)
+            return und.reshape(-1, 2)
+        criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 40, 1e-10)
+        und = cv2.undistortPoints(pts, self.K, self.dist_array, None, None, None, criteria).reshape(-1, 2)
+        # OpenCV's fixed-point iteration converges slowly (or not at all) near the border of a strongly
+        # distorted image (k1 ~ -0.4: pixels off at the corners); Newton steps on the forward model finish it
+        target = (pts.reshape(-1, 2) - [self.cx, self.cy]) / [self.fx, self.fy]
+        return _refine_undistortion(und, target, self.dist_array)
 
     def undistort_points(self, uv: np.ndarray) -> np.ndarray:
         """Distorted pixels ``(N, 2)`` to undistorted pixels of the ideal pinhole camera ``K``."""
@@ -217,6 +220,65 @@ class Camera:
         values = [self.fx, self.fy, self.cx, self.cy, *self.dist]
         prefix = "fisheye " if self.model == "fisheye" else ""
         return prefix + " ".join(f"{v:.10g}" for v in values)
+
+
+def _distort_radtan(xy: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's rational radial-tangential model on normalised ``xy (N, 2)``: distorted ``(N, 2)`` and the
+    Jacobian ``(N, 2, 2)`` of the distorted point with respect to ``xy``.
+
+    ``dist`` is ``k1 k2 p1 p2 [k3 [k4 k5 k6]]``; missing coefficients are zero.
+    """
+    k1, k2, p1, p2, k3, k4, k5, k6 = np.concatenate([dist, np.zeros(8 - len(dist))])[:8]
+    x, y = xy[:, 0], xy[:, 1]
+    r2 = x * x + y * y
+    a = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    b = 1 + r2 * (k4 + r2 * (k5 + r2 * k6))
+    da = k1 + r2 * (2 * k2 + 3 * k3 * r2)
+    db = k4 + r2 * (2 * k5 + 3 * k6 * r2)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        radial = a / b
+        dradial = (da * b - a * db) / (b * b)  # d radial / d r2
+    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+    jac = np.empty((len(xy), 2, 2))
+    jac[:, 0, 0] = radial + 2 * x * x * dradial + 2 * p1 * y + 6 * p2 * x
+    jac[:, 0, 1] = 2 * x * y * dradial + 2 * p1 * x + 2 * p2 * y
+    jac[:, 1, 0] = jac[:, 0, 1]
+    jac[:, 1, 1] = radial + 2 * y * y * dradial + 6 * p1 * y + 2 * p2 * x
+    return np.stack([xd, yd], axis=1), jac
+
+
+def _refine_undistortion(xy: np.ndarray, target: np.ndarray, dist: np.ndarray, iterations: int = 10) -> np.ndarray:
+    """Newton steps ``xy <- xy - J^-1 (distort(xy) - target)`` on undistorted normalised points ``(N, 2)``.
+
+    A step is kept only where it lowers the residual, so points where the model folds (no inverse) keep
+    their starting value.
+    """
+    xy = np.array(xy, dtype=np.float64)
+    finite = np.isfinite(xy).all(axis=1) & np.isfinite(target).all(axis=1)
+    if not np.any(finite):
+        return xy
+    cur, tgt = xy[finite], target[finite]
+    pred, jac = _distort_radtan(cur, dist)
+    res = np.linalg.norm(pred - tgt, axis=1)
+    for _ in range(iterations):
+        active = res > 1e-12
+        if not np.any(active):
+            break
+        det = jac[:, 0, 0] * jac[:, 1, 1] - jac[:, 0, 1] * jac[:, 1, 0]
+        err = pred - tgt
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step_x = (jac[:, 1, 1] * err[:, 0] - jac[:, 0, 1] * err[:, 1]) / det
+            step_y = (-jac[:, 1, 0] * err[:, 0] + jac[:, 0, 0] * err[:, 1]) / det
+        cand = cur - np.stack([step_x, step_y], axis=1)
+        cand_pred, cand_jac = _distort_radtan(cand, dist)
+        cand_res = np.linalg.norm(cand_pred - tgt, axis=1)
+        better = active & np.isfinite(cand_res) & (cand_res < res)
+        if not np.any(better):
+            break
+        cur[better], pred[better], jac[better], res[better] = cand[better], cand_pred[better], cand_jac[better], cand_res[better]
+    xy[finite] = cur
+    return xy
 
 
 def read_calib_file(path: str | Path, width: int, height: int, model: str = "pinhole") -> Camera:

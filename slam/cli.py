@@ -77,6 +77,8 @@ def cmd_run(args: argparse.Namespace, live: bool = False) -> int:
     from slam.sources import open_source
 
     cfg = build_config(args)
+    if live:
+        cfg.tracking.mapper_backpressure = False  # a live camera drops frames instead of waiting
     _setup_logging(cfg.system.log_level, args.quiet)
     source = open_source(None if live else args.path, cfg.source, calib=args.calib,
                          camera=getattr(args, "camera", None))

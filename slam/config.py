@@ -35,6 +35,7 @@ class SourceConfig:
     max_width: int | None = None  # downscale larger images to this width (e.g. 4K video); None = never
     fps: float = 30.0  # frame rate assumed when a source has no timestamps
     mask: str | None = None  # path of a mask image (non-zero = usable); overrides the source's own
+    realtime: bool = True  # live camera: drop stale frames rather than fall behind
 
 
 @dataclass

@@ -219,7 +219,11 @@ def run_job(job: Job) -> dict:
 
 
 def _soak_sampler(every: int, sampler: MemorySampler, samples: list[dict]) -> Callable:
-    """An ``on_frame(system, fd, result)`` that records RSS and map size every ``every`` frames."""
+    """An ``on_frame(system, fd, result)`` that records RSS and map size every ``every`` frames.
+
+    ``keyframes``/``map_points``: all maps of the atlas; ``map_keyframes``/``map_map_points``: the current
+    (newest) map, the one ``mapping.max_keyframes`` bounds.
+    """
     t0 = time.perf_counter()
 
     def on_frame(system, fd, result) -> None:
@@ -227,10 +231,13 @@ def _soak_sampler(every: int, sampler: MemorySampler, samples: list[dict]) -> Ca
         if n % every and n != 1:
             return
         maps = list(system.maps)
+        current = maps[-1] if maps else None
         samples.append({
             "frame": n, "t_s": round(time.perf_counter() - t0, 3), "rss_mb": round(sampler.current_mb(), 2),
             "keyframes": sum(len(m.keyframes) for m in maps), "map_points": sum(len(m.points) for m in maps),
-            "maps": len(maps), "state": result.state,
+            "maps": sum(1 for m in maps if m.keyframes), "state": result.state,
+            "map_keyframes": len(current.keyframes) if current is not None else 0,
+            "map_map_points": len(current.points) if current is not None else 0,
         })
 
     return on_frame

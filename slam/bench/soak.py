@@ -6,7 +6,9 @@ analysis) and ``soak.png`` (RSS, keyframes and map points against the frame inde
 
 Verdict (:func:`analyse_soak`): RSS is *bounded* when its least-squares slope over the second half of the
 run is below ``rss_slope_limit`` MB per 1000 frames; the map is *bounded* when no sample has more
-keyframes per map than the configured limit (plus the one being inserted).
+keyframes in the current map than the configured limit (plus the one being inserted). Maps left behind
+after tracking loss stay in the atlas, so the total over all maps can grow with every reset: the plot shows
+both.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def analyse_soak(samples: list[dict], max_keyframes: int | None,
     """Growth figures of a soak run's samples (``frame``, ``rss_mb``, ``keyframes``, ``map_points``, ``maps``).
 
     Returns RSS at start/end/peak, the RSS slope over the second half (MB per 1000 frames), the peak
-    keyframes and map points, and the verdicts ``rss_bounded`` and ``map_bounded`` (None when unknown).
+    keyframes and map points (all maps; and keyframes of the current map), and the verdicts ``rss_bounded``
+    and ``map_bounded`` (the current map never above ``max_keyframes`` + 1; None when unknown).
     """
     if len(samples) < 2:
         return {"samples": len(samples), "rss_bounded": None, "map_bounded": None}
@@ -47,7 +50,10 @@ def analyse_soak(samples: list[dict], max_keyframes: int | None,
     rss = np.array([s["rss_mb"] for s in samples], float)
     kfs = np.array([s["keyframes"] for s in samples], float)
     pts = np.array([s["map_points"] for s in samples], float)
-    maps = np.array([max(s.get("maps", 1), 1) for s in samples], float)
+    maps = np.array([s.get("maps", 1) for s in samples], float)
+    # keyframes of the current map (older samples without it: the mean over maps)
+    map_kfs = np.array([s["map_keyframes"] if "map_keyframes" in s else s["keyframes"] / max(s.get("maps", 1), 1)
+                        for s in samples], float)
     half = frames >= frames[-1] / 2
     if half.sum() >= 2 and np.ptp(frames[half]) > 0:
         slope = float(np.polyfit(frames[half], rss[half], 1)[0]) * 1000.0
@@ -64,14 +70,14 @@ def analyse_soak(samples: list[dict], max_keyframes: int | None,
         "keyframes_slope_per_1000_frames": round(kf_slope, 2),
         "map_points_peak": int(pts.max()), "map_points_end": int(pts[-1]),
         "map_points_slope_per_1000_frames": round(pt_slope, 1),
-        "maps_end": int(maps[-1]), "max_keyframes": max_keyframes,
+        "map_keyframes_peak": int(map_kfs.max()), "maps_end": int(maps[-1]), "max_keyframes": max_keyframes,
         "rss_slope_limit_mb_per_1000_frames": rss_slope_limit,
     }
     out["rss_bounded"] = bool(np.isfinite(slope) and slope < rss_slope_limit)
     if max_keyframes is None:
         out["map_bounded"] = None
     else:
-        out["map_bounded"] = bool(np.all(kfs / maps <= max_keyframes + 1))
+        out["map_bounded"] = bool(np.all(map_kfs <= max_keyframes + 1))
     return out
 
 
@@ -89,7 +95,11 @@ def plot_soak(samples: list[dict], path: str | Path, title: str = "soak") -> Pat
         ax1.set_ylabel("RSS (MB)")
         ax1.set_title(title)
         ax1.grid(alpha=0.3)
-        ax2.plot(frames, [s["keyframes"] for s in samples], color="tab:blue", label="keyframes")
+        ax2.plot(frames, [s["keyframes"] for s in samples], color="tab:blue", label="keyframes, all maps")
+        if all("map_keyframes" in s for s in samples):
+            ax2.plot(frames, [s["map_keyframes"] for s in samples], color="tab:blue", linestyle="--",
+                     label="keyframes, current map")
+        ax2.legend(loc="upper left", fontsize=8)
         ax2.set_ylabel("keyframes", color="tab:blue")
         ax2.set_xlabel("frame")
         ax2.grid(alpha=0.3)
@@ -107,23 +117,27 @@ def format_soak(result: dict) -> str:
     """Markdown lines summarising a soak result (for results.md, the README and the terminal)."""
     a = result.get("analysis", {})
     row = result.get("row", {})
+    head = []
     if row.get("status") != "ok":
-        return f"soak run {row.get('status')}: {row.get('error')}"
+        head = [f"- the run {row.get('status')} after {a.get('frames', 0)} frames: {row.get('error')}"]
+        if not a.get("frames"):
+            return head[0]
     verdict = lambda v: "unknown" if v is None else ("bounded" if v else "GROWING")  # noqa: E731
     lines = [
         f"- sequence: {result.get('sequence')} ({a.get('frames')} frames), config `{result.get('config')}` "
         f"+ {', '.join(result.get('overrides', [])) or 'no overrides'}",
-        f"- speed: {row.get('fps', 0):.1f} fps; tracked {row.get('tracked_pct', 0):.1f}%; maps {row.get('maps')}; "
+        f"- speed: {row.get('fps') or 0:.1f} fps; tracked {row.get('tracked_pct') or 0:.1f}%; maps {row.get('maps')}; "
         f"resets {row.get('resets')}",
         f"- RSS: {a.get('rss_start_mb')} MB at start, {a.get('rss_end_mb')} MB at the end, peak "
         f"{a.get('rss_peak_mb')} MB; slope over the second half {a.get('rss_slope_mb_per_1000_frames')} MB per "
         f"1000 frames -> {verdict(a.get('rss_bounded'))}",
-        f"- map: keyframes peak {a.get('keyframes_peak')} (limit {a.get('max_keyframes')} per map), end "
+        f"- map: keyframes in the current map at most {a.get('map_keyframes_peak')} (limit "
+        f"{a.get('max_keyframes')}); all {a.get('maps_end')} maps: keyframes peak {a.get('keyframes_peak')}, end "
         f"{a.get('keyframes_end')}; map points peak {a.get('map_points_peak')}, end {a.get('map_points_end')} "
         f"({a.get('map_points_slope_per_1000_frames')} per 1000 frames over the second half) -> "
         f"{verdict(a.get('map_bounded'))}",
     ]
-    return "\n".join(lines)
+    return "\n".join(head + lines)
 
 
 def run_soak(

@@ -257,6 +257,37 @@ def refine_subpixel(score, xy):
     return out
 
 
+def corner_response(image, block: int = 3):
+    """Shi-Tomasi minimum-eigenvalue response ``(B, H, W)`` of ``(B, 1, H, W)`` images (Sobel gradients,
+    ``block`` x ``block`` box window), computed on the images' device."""
+    torch = import_torch()
+    F = torch.nn.functional
+    sob = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=image.device) / 8.0
+    img = F.pad(image.float(), (1, 1, 1, 1), mode="replicate")
+    gx = F.conv2d(img, sob[None, None])
+    gy = F.conv2d(img, sob.T[None, None])
+    pad = block // 2
+    box = [F.avg_pool2d(F.pad(t, (pad, pad, pad, pad), mode="replicate"), block, stride=1)
+           for t in (gx * gx, gx * gy, gy * gy)]
+    a, b, c = box
+    return ((a + c) / 2 - torch.sqrt(((a - c) / 2) ** 2 + b ** 2))[:, 0]
+
+
+def snap_to_corners(response, xy, radius: int):
+    """Move integer keypoints ``xy (N, 2)`` to the strongest ``response (H, W)`` pixel within ``radius`` px
+    (Chebyshev), then refine sub-pixel with a parabola; returns ``(N, 2)`` float positions."""
+    torch = import_torch()
+    h, w = response.shape
+    d = torch.arange(-radius, radius + 1, device=xy.device)
+    dy, dx = torch.meshgrid(d, d, indexing="ij")
+    px = (xy[:, :1].long() + dx.reshape(1, -1)).clamp(0, w - 1)
+    py = (xy[:, 1:].long() + dy.reshape(1, -1)).clamp(0, h - 1)
+    best = response[py, px].argmax(dim=1)
+    rows = torch.arange(len(xy), device=xy.device)
+    moved = torch.stack([px[rows, best], py[rows, best]], dim=1).float()
+    return refine_subpixel(response.clamp(min=1e-12), moved)
+
+
 # ---------------------------------------------------------------------------------------------- extractor
 class SuperPointExtractor(FeatureExtractor):
     """SuperPoint behind :class:`FeatureExtractor` (float32 L2-normalised 256-d descriptors, octaves all 0).
@@ -271,6 +302,8 @@ class SuperPointExtractor(FeatureExtractor):
         half: fp16 autocast on CUDA (ignored on CPU).
         refine: sub-pixel keypoint positions (parabola through the log-scores of the peak and its 4
             neighbours, offsets clamped to half a pixel).
+        snap_radius: when > 0, move each detection to the strongest Shi-Tomasi corner response within this
+            many pixels (a classical localisation on top of the learned detection; off by default).
         network: an already built network (e.g. during training) instead of loading ``cfg.weights``.
     """
 
@@ -280,7 +313,7 @@ class SuperPointExtractor(FeatureExtractor):
 
     def __init__(self, cfg: FeatureConfig, device: str = "cpu", nms_radius: int = 4,
                  detection_threshold: float = 0.002, border_px: int = 4, mask_margin_px: int = 4,
-                 half: bool = True, refine: bool = True, network=None) -> None:
+                 half: bool = True, refine: bool = True, snap_radius: int = 0, network=None) -> None:
         check_config(cfg)
         torch = import_torch()
         if nms_radius < 0 or border_px < 0 or detection_threshold < 0:
@@ -294,6 +327,7 @@ class SuperPointExtractor(FeatureExtractor):
         self.mask_margin_px = int(mask_margin_px)
         self.half = bool(half) and self.device.type == "cuda"
         self.refine = bool(refine)
+        self.snap_radius = int(snap_radius)
 
     # ------------------------------------------------------------------------------------------ helpers
     def _prepare(self, gray: np.ndarray) -> np.ndarray:
@@ -383,6 +417,10 @@ class SuperPointExtractor(FeatureExtractor):
         masks = list(masks) if masks is not None else [None] * len(imgs)
         h, w = imgs[0].shape
         scores, desc_map = self.forward(imgs)
+        response = None
+        if self.snap_radius > 0:
+            batch = torch.from_numpy(np.stack(imgs)).to(self.device)[:, None].float() / 255.0
+            response = corner_response(batch)
         results = []
         for i, (xy, s) in enumerate(self._detect(scores, masks)):
             if len(s) == 0:
@@ -394,7 +432,9 @@ class SuperPointExtractor(FeatureExtractor):
                 continue
             sel = self._select(xy, s, h, w)
             xy, s = xy[sel], s[sel]
-            if self.refine:
+            if response is not None:
+                xy = snap_to_corners(response[i], xy, self.snap_radius)
+            elif self.refine:
                 xy = refine_subpixel(scores[i], xy)
             d = sample_descriptors(desc_map[i:i + 1], xy[None])[0]
             if as_tensors:
