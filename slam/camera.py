@@ -8,7 +8,8 @@ every lens model feeds the same geometry; :meth:`Camera.undistort_points` gives 
 :meth:`Camera.unproject` gives unit bearing vectors, which stay valid beyond 90 degrees off-axis.
 
 Projection and undistortion are done by OpenCV (``cv2.projectPoints``, ``cv2.undistortPoints``,
-``cv2.fisheye.*``).
+``cv2.fisheye.*``); radial-tangential undistortion is finished by a few damped Newton steps on the forward
+model, because OpenCV's fixed-point iteration stops short near the corners of strongly distorted images.
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ class Camera:
         """Distorted pixels ``(N, 2)`` to undistorted normalised coordinates ``(N, 2)`` (x/z, y/z).
 
         For the fisheye model, rays at or beyond 90 degrees off-axis have no normalised coordinates; use
-        :meth:`unproject` there.
+        :meth:`unproject` there. Where the distortion model has no inverse (coefficients that fold the image)
+        the result is the best point found, or NaN.
         """
         pts = np.asarray(uv, dtype=np.float64).reshape(-1, 1, 2)
         if len(pts) == 0:
@@ -166,7 +168,16 @@ class Camera:
         # OpenCV's fixed-point iteration converges slowly (or not at all) near the border of a strongly
         # distorted image (k1 ~ -0.4: pixels off at the corners); Newton steps on the forward model finish it
         target = (pts.reshape(-1, 2) - [self.cx, self.cy]) / [self.fx, self.fy]
-        return _refine_undistortion(und, target, self.dist_array)
+        dist = self.dist_array
+        xy, res = _refine_undistortion(und, target, dist)
+        for shrink in (1.0, 0.5, 0.25):  # OpenCV's start was too far off: start again nearer the centre
+            retry = np.flatnonzero(~(res < 1e-9))
+            if len(retry) == 0:
+                break
+            xy2, res2 = _refine_undistortion(target[retry] * shrink, target[retry], dist, iterations=30)
+            take = res2 < res[retry]
+            xy[retry[take]], res[retry[take]] = xy2[take], res2[take]
+        return xy
 
     def undistort_points(self, uv: np.ndarray) -> np.ndarray:
         """Distorted pixels ``(N, 2)`` to undistorted pixels of the ideal pinhole camera ``K``."""
@@ -248,16 +259,18 @@ def _distort_radtan(xy: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.stack([xd, yd], axis=1), jac
 
 
-def _refine_undistortion(xy: np.ndarray, target: np.ndarray, dist: np.ndarray, iterations: int = 10) -> np.ndarray:
+def _refine_undistortion(xy: np.ndarray, target: np.ndarray, dist: np.ndarray,
+                         iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Newton steps ``xy <- xy - J^-1 (distort(xy) - target)`` on undistorted normalised points ``(N, 2)``.
 
     A step is kept only where it lowers the residual, so points where the model folds (no inverse) keep
-    their starting value.
+    their best value. Returns the points and their residuals ``(N,)`` (normalised units; inf where not finite).
     """
     xy = np.array(xy, dtype=np.float64)
+    residual = np.full(len(xy), np.inf)
     finite = np.isfinite(xy).all(axis=1) & np.isfinite(target).all(axis=1)
     if not np.any(finite):
-        return xy
+        return xy, residual
     cur, tgt = xy[finite], target[finite]
     pred, jac = _distort_radtan(cur, dist)
     res = np.linalg.norm(pred - tgt, axis=1)
@@ -267,18 +280,27 @@ def _refine_undistortion(xy: np.ndarray, target: np.ndarray, dist: np.ndarray, i
             break
         det = jac[:, 0, 0] * jac[:, 1, 1] - jac[:, 0, 1] * jac[:, 1, 0]
         err = pred - tgt
-        with np.errstate(divide="ignore", invalid="ignore"):
-            step_x = (jac[:, 1, 1] * err[:, 0] - jac[:, 0, 1] * err[:, 1]) / det
-            step_y = (-jac[:, 1, 0] * err[:, 0] + jac[:, 0, 0] * err[:, 1]) / det
-        cand = cur - np.stack([step_x, step_y], axis=1)
-        cand_pred, cand_jac = _distort_radtan(cand, dist)
-        cand_res = np.linalg.norm(cand_pred - tgt, axis=1)
-        better = active & np.isfinite(cand_res) & (cand_res < res)
-        if not np.any(better):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            step = np.stack([jac[:, 1, 1] * err[:, 0] - jac[:, 0, 1] * err[:, 1],
+                             jac[:, 0, 0] * err[:, 1] - jac[:, 1, 0] * err[:, 0]], axis=1) / det[:, None]
+        accepted = np.zeros(len(cur), dtype=bool)
+        for _halving in range(8):  # backtracking: a full step can jump over a pole of the rational model
+            todo = np.flatnonzero(active & ~accepted)
+            if len(todo) == 0:
+                break
+            trial = cur[todo] - step[todo]
+            trial_pred, trial_jac = _distort_radtan(trial, dist)
+            trial_res = np.linalg.norm(trial_pred - tgt[todo], axis=1)
+            ok = np.isfinite(trial_res) & (trial_res < res[todo])
+            rows = todo[ok]
+            cur[rows], pred[rows], jac[rows], res[rows] = trial[ok], trial_pred[ok], trial_jac[ok], trial_res[ok]
+            accepted[rows] = True
+            step[todo] *= 0.5
+        if not np.any(accepted):
             break
-        cur[better], pred[better], jac[better], res[better] = cand[better], cand_pred[better], cand_jac[better], cand_res[better]
     xy[finite] = cur
-    return xy
+    residual[finite] = np.where(np.isfinite(res), res, np.inf)
+    return xy, residual
 
 
 def read_calib_file(path: str | Path, width: int, height: int, model: str = "pinhole") -> Camera:

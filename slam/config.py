@@ -78,7 +78,7 @@ class FeatureConfig:
 class TrackingConfig:
     """Tracking thread: initialisation, frame-to-frame and local-map tracking, keyframe decision."""
 
-    frontend: str = "descriptors"  # descriptors | flow | hybrid
+    frontend: str = "hybrid"  # hybrid | flow | descriptors (see slam/tracking.py, slam/flow_tracking.py)
     init_min_matches: int = 80
     init_min_parallax_deg: float = 1.0
     init_min_points: int = 60

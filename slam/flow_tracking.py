@@ -77,6 +77,8 @@ def detect_corners(gray: np.ndarray, mask: np.ndarray | None, existing: np.ndarr
     if corners is None:
         return np.zeros((0, 2), np.float32)
     corners = corners.reshape(-1, 2)
+    if min(gray.shape[:2]) < 11:
+        return corners.astype(np.float32)  # too small for the sub-pixel window
     cv2.cornerSubPix(gray, corners.reshape(-1, 1, 2), (3, 3), (-1, -1),
                      (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 20, 0.03))
     return corners.astype(np.float32)

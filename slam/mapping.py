@@ -91,8 +91,8 @@ class LocalMapper:
         keep = []
         with the_map.lock:
             for p, born in self._recent_points:
-                if p.bad:
-                    continue
+                if p.bad or the_map.points.get(p.id) is not p:
+                    continue  # culled, or a point of a map replaced after tracking loss
                 age = kf.id - born
                 if p.found_ratio < self.mcfg.point_min_found_ratio and p.visible > 4:
                     the_map.erase_point(p)
@@ -390,6 +390,7 @@ class LocalMapper:
         result = bundle_adjust(
             T, fixed, X, np.array(obs_kf), np.array(obs_pt), np.array(obs_uv), np.array(obs_w),
             self.intrinsics, iterations=self.mcfg.ba_iterations, abort=self.abort_ba,
+            deterministic=self.cfg.system.sync,
         )
         with the_map.lock:
             for k, T_new, is_fixed in zip(kfs, result.T_cw, fixed):
@@ -443,7 +444,7 @@ class LocalMapperThread:
                 if self._error is None:
                     self.core.process(kf)
             except BaseException as exc:  # surfaced in the main thread by check()
-                log.exception("local mapping failed on keyframe %d", kf.id)
+                log.debug("local mapping failed on keyframe %d", kf.id, exc_info=True)
                 self._error = exc
             finally:
                 self._busy.clear()

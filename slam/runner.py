@@ -26,6 +26,23 @@ from slam.system import RunResult, System, run_frames
 log = logging.getLogger(__name__)
 
 
+OUTPUT_FILES = (
+    "trajectory.txt", "keyframes.txt", "map.ply", "map.npz", "stats.json", "states.txt", "eval.json", "eval.png",
+    "groundtruth.txt", "report.html", "mask_used.png",
+)
+
+
+def clear_previous_outputs(out: Path) -> None:
+    """Remove a previous run's outputs, so that a run killed early never leaves files that look complete."""
+    for name in OUTPUT_FILES:
+        try:
+            (out / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise InputError(f"{out / name}: cannot replace the previous run's output ({exc.strerror or exc})") from exc
+
+
 def check_output_dir(out_dir: str | Path) -> Path:
     """Create ``out_dir`` and make sure it is writable (InputError otherwise)."""
     out = Path(out_dir)
@@ -83,7 +100,11 @@ def write_outputs(out_dir: Path, result: RunResult, cfg: Config, groundtruth: Tr
     if mask is not None:
         import cv2
 
-        cv2.imwrite(str(out_dir / "mask_used.png"), mask)
+        from slam.evaluation.trajectory import write_bytes_atomic
+
+        ok, png = cv2.imencode(".png", mask)
+        if ok:
+            write_bytes_atomic(out_dir / "mask_used.png", png.tobytes())
     if groundtruth is not None:
         write_tum(out_dir / "groundtruth.txt", groundtruth)  # for `slam view` and the report
     stats = dict(result.stats)
@@ -155,6 +176,7 @@ def run_source(
 ) -> RunOutcome:
     """Run SLAM over ``source`` and write the outputs; re-raises an error of the run after writing them."""
     out = check_output_dir(out_dir)
+    clear_previous_outputs(out)
     np.random.seed(cfg.system.seed)
     import cv2
 
@@ -186,11 +208,16 @@ def run_source(
         source.close()
     result.stats["mask"] = mask_info
     result.stats["source"] = getattr(source, "name", type(source).__name__)
+    evaluation = write_outputs(out, result, cfg, source.groundtruth, mask)
     if cfg.system.save_map:
         from slam.map.persistence import save_maps
 
-        save_maps(out / "map.npz", system.maps, system.camera, cfg.to_dict())
-    evaluation = write_outputs(out, result, cfg, source.groundtruth, mask)
+        try:
+            save_maps(out / "map.npz", system.maps, system.camera, cfg.to_dict())
+        except Exception as exc:  # the trajectory and stats are already written
+            log.error("could not save map.npz: %s", exc)
+            if result.error is None:
+                result.error = exc
     if result.error is not None:
         raise result.error
     return RunOutcome(result, evaluation, out)

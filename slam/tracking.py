@@ -257,7 +257,7 @@ class Tracker:
         fixed[0] = True
         result = bundle_adjust(
             T, fixed, X, np.array(obs_kf), np.array(obs_pt), np.array(obs_uv), np.array(obs_w),
-            self.intrinsics, iterations=20,
+            self.intrinsics, iterations=20, deterministic=self.cfg.system.sync,
         )
         with self.map.lock:
             for kf, T_new in zip(kfs, result.T_cw):

@@ -213,14 +213,8 @@ def test_ctrl_c_writes_outputs_and_exits_130(room, tmp_path, threaded):
         assert sum(len(m.keyframes) for m in maps) == stats["keyframes"]
 
 
-STALE_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="slam/runner.py run_source leaves a previous run's outputs in DIR until the new run writes its own, "
-    "so a killed re-run looks complete; see the reliability report",
-)
 
 
-@STALE_XFAIL
 def test_kill_never_leaves_outputs_that_look_complete(room, tmp_path):
     """SIGKILL mid-run (no chance to clean up): DIR holds no trajectory/stats that pass for this run's."""
     out = tmp_path / "out"
@@ -307,7 +301,6 @@ def test_run_outputs_go_through_rename(room, tmp_path, monkeypatch):
     assert not not_atomic, f"written in place (a kill can leave them half-written): {sorted(not_atomic)}"
 
 
-@pytest.mark.xfail(strict=True, reason="slam/runner.py write_outputs writes mask_used.png with cv2.imwrite in place")
 def test_mask_output_goes_through_rename(room, tmp_path, monkeypatch):
     import cv2
 

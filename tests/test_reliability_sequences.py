@@ -99,12 +99,6 @@ def replace(images, stretch: slice, fn: Callable[[np.ndarray], np.ndarray]) -> l
 
 
 # ---------------------------------------------------------------------------------------------- unusable frames
-MAP_RESET_XFAIL = pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="slam/mapping.py LocalMapper._cull_recent_points erases points of the previous map against the new "
-    "map's keyframes after a tracking-loss reset (IndexError in Map.erase_point); see the reliability report",
-)
 
 UNUSABLE = {
     "black": lambda im: np.zeros_like(im),
@@ -136,7 +130,6 @@ def test_unusable_frames_flow_frontend(base):
     assert set(s[BAD.stop + RECOVER_WITHIN:]) == {"T"}, s
 
 
-@MAP_RESET_XFAIL
 def test_new_map_after_loss_does_not_cull_old_map_points(tmp_path):
     """Regression: black frames, then a new map started while the room camera turns in place.
 
@@ -223,7 +216,8 @@ def test_static_camera_for_100_frames(base, frontend):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("frontend", ["descriptors", "flow", "hybrid"])
+@pytest.mark.parametrize("frontend", ["descriptors", "flow",
+                                      "hybrid"])
 def test_soak_everything_at_once(base, frontend):
     """Slow soak: every hard case in one long sequence, each front end; no crash, ends tracking."""
     ims = base.images

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable
@@ -202,7 +202,10 @@ def run_job(job: Job) -> dict:
         with sampler:
             outcome = run_source(source, cfg, out, on_frame=on_frame, progress=False)
         stats, evaluation = outcome.result.stats, outcome.evaluation
-        row["status"] = "ok"
+        if outcome.result.interrupted:
+            row["error"] = f"interrupted after {stats.get('frames')} frames"
+        else:
+            row["status"] = "ok"
     except Exception as exc:  # the row records it; the bench goes on
         row["error"] = f"{type(exc).__name__}: {exc}"
         row["traceback"] = traceback.format_exc(limit=8)
@@ -244,11 +247,12 @@ def _soak_sampler(every: int, sampler: MemorySampler, samples: list[dict]) -> Ca
 
 
 # ---------------------------------------------------------------------------------------------- isolation
-def execute_isolated(job: Job | dict) -> dict:
+def execute_isolated(job: Job | dict, cancel: threading.Event | None = None) -> dict:
     """Run ``job`` in a fresh Python process and return its row; crashes and timeouts give failed rows.
 
     The worker reads ``out_dir/job.json`` and writes ``out_dir/row.json``; its log goes to
-    ``out_dir/worker.log``. This is the function Ray runs remotely, too.
+    ``out_dir/worker.log``. This is the function Ray runs remotely, too. Setting ``cancel`` interrupts the
+    worker (SIGINT: it writes what it has, then stops) and returns a ``failed`` row.
     """
     from slam.evaluation.trajectory import write_text_atomic
 
@@ -266,15 +270,25 @@ def execute_isolated(job: Job | dict) -> dict:
     t0 = time.perf_counter()
     with open(out / LOG_FILE, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+        deadline = None if job.timeout_s is None else t0 + float(job.timeout_s)
         try:
-            code = proc.wait(timeout=job.timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return _with_time(failed_row(job, "timeout", f"timed out after {job.timeout_s:g} s"), t0)
-        except BaseException:  # Ctrl-C or the pool shutting down: never leave an orphan worker
-            proc.kill()
-            proc.wait()
+            while True:
+                step = None if cancel is None else 0.5
+                if deadline is not None:
+                    left = max(deadline - time.perf_counter(), 0.0)
+                    step = left if step is None else min(step, left)
+                try:
+                    code = proc.wait(timeout=step)
+                    break
+                except subprocess.TimeoutExpired:
+                    if deadline is not None and time.perf_counter() >= deadline:
+                        _stop(proc, graceful=False)
+                        return _with_time(failed_row(job, "timeout", f"timed out after {job.timeout_s:g} s"), t0)
+                    if cancel is not None and cancel.is_set():
+                        _stop(proc, graceful=True)
+                        return _with_time(failed_row(job, "failed", "cancelled (the bench was interrupted)"), t0)
+        except BaseException:  # Ctrl-C here, or the pool shutting down: never leave an orphan worker
+            _stop(proc, graceful=False)
             raise
     row = _read_json(out / ROW_FILE)
     if row is None:
@@ -282,6 +296,21 @@ def execute_isolated(job: Job | dict) -> dict:
         reason = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
         return _with_time(failed_row(job, "failed", f"worker {reason} without a result{tail}"), t0)
     return row
+
+
+def _stop(proc: subprocess.Popen, graceful: bool) -> None:
+    """End a worker: SIGINT first when ``graceful`` (it writes its outputs), SIGKILL after 10 s or at once."""
+    import signal
+
+    if graceful:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10.0)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill()
+    proc.wait()
 
 
 def _with_time(row: dict, t0: float) -> dict:
@@ -302,19 +331,25 @@ def run_local(jobs: Iterable[Job], workers: int = 1, on_row: Callable[[dict], No
     """Run ``jobs`` on ``workers`` local worker processes (one fresh process per job); rows in job order."""
     jobs = list(jobs)
     rows: list[dict | None] = [None] * len(jobs)
+    cancel = threading.Event()
     with ThreadPoolExecutor(max_workers=max(int(workers), 1), thread_name_prefix="bench") as pool:
-        futures = {pool.submit(execute_isolated, job): i for i, job in enumerate(jobs)}
+        futures = {pool.submit(execute_isolated, job, cancel): i for i, job in enumerate(jobs)}
+        pending = set(futures)
         try:
-            for fut in as_completed(futures):
-                i = futures[fut]
-                try:
-                    rows[i] = fut.result()
-                except Exception as exc:  # a bug in the harness itself: keep the other rows
-                    rows[i] = failed_row(jobs[i], "failed", f"harness error: {type(exc).__name__}: {exc}")
-                if on_row is not None:
-                    on_row(rows[i])
+            while pending:
+                # a timed wait keeps the main thread responsive to Ctrl-C
+                done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = futures[fut]
+                    try:
+                        rows[i] = fut.result()
+                    except Exception as exc:  # a bug in the harness itself: keep the other rows
+                        rows[i] = failed_row(jobs[i], "failed", f"harness error: {type(exc).__name__}: {exc}")
+                    if on_row is not None:
+                        on_row(rows[i])
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            cancel.set()  # running workers are interrupted, queued jobs never start
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
     return [r for r in rows if r is not None]
 

@@ -4,7 +4,8 @@ Pairs: frames of synthetic endoscopy tubes (plain, specular, low-contrast) and r
 training run uses (``--seed``, default 2000; training uses 0.. and its own held-out set 1000..), view A a crop
 of the frame, view B the frame through a random homography (rotation up to 25 deg, scale 0.75-1.33,
 perspective and shift 10 %), pixels from outside the frame masked. For each extractor (SIFT and ORB from
-:func:`slam.features.factory.create_extractor`, SuperPoint with the shipped or ``--weights`` weights), the
+:func:`slam.features.factory.create_extractor`; SuperPoint with the shipped or ``--weights`` weights;
+``superpoint_snap``: the same detections moved to the strongest Shi-Tomasi corner within ``--snap`` px) the
 same ``--num-features``, mutual nearest-neighbour matching with the config's ratio test, and per pair:
 mean matching accuracy at 1/3/5 px, repeatability (3 px), correct matches (3 px); means over the pairs.
 """
@@ -22,12 +23,15 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SCENES = {"endoscopy": ("tube", "tube_specular", "tube_lowcontrast"), "room": ("room",)}
-METHODS = ("sift", "orb", "superpoint")
+METHODS = ("sift", "orb", "superpoint", "superpoint_snap")  # superpoint_snap: detections snapped to corners
 COLUMNS = ("mma@1", "mma@3", "mma@5", "repeatability", "correct", "matches", "keypoints", "ms_per_image")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--features", default=",".join(METHODS), help="comma list of sift, orb, superpoint")
+    p.add_argument("--features", default=",".join(METHODS),
+                   help="comma list of sift, orb, superpoint, superpoint_snap (default: all)")
+    p.add_argument("--snap", type=int, default=3,
+                   help="superpoint_snap: radius (px) of the snap to the strongest Shi-Tomasi corner")
     p.add_argument("--scenes", default=",".join(SCENES), help="comma list of endoscopy, room")
     p.add_argument("--weights", default=None, help="SuperPoint weights (default: shipped; Magic Leap .pth works)")
     p.add_argument("--config", default="endoscopy", help="config whose 'features' section is used (default %(default)s)")
@@ -134,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"features.weights={json.dumps(str(args.weights))}")
     cfg = load_config(args.config, overrides)
     device = "cpu"
-    if "superpoint" in methods or args.torch_matching or args.timing:
+    if any(m.startswith("superpoint") for m in methods) or args.torch_matching or args.timing:
         from slam.features.superpoint import import_torch, resolve_device
 
         torch = import_torch()
@@ -160,8 +164,11 @@ def run(args: argparse.Namespace) -> int:
         log.info("%s: %d pairs ready (%.1f s)", scene, len(pairs), time.perf_counter() - t0)
         results[scene] = {}
         for method in methods:
-            fcfg = load_config(args.config, overrides + [f"features.type={method}"]).features
+            kind = "superpoint" if method.startswith("superpoint") else method
+            fcfg = load_config(args.config, overrides + [f"features.type={kind}"]).features
             extractor = create_extractor(fcfg, device=device)
+            if method == "superpoint_snap":
+                extractor.snap_radius = int(args.snap)
             extractor.extract(pairs[0].img_a)  # warm-up (model load, CUDA kernels) outside the timing
             results[scene][method] = evaluate_extractor(extractor, pairs, fcfg.ratio, fcfg.mutual, matcher=matcher)
             log.info("%s %s: MMA@3 %.3f", scene, method, results[scene][method]["mma@3"])

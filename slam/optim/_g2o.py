@@ -168,7 +168,11 @@ class GraphBuilder:
     optimizer: the chunk graphs own the Python references of the elements.
     """
 
-    def __init__(self, optimizer: Any, chunk: int = CHUNK) -> None:
+    def __init__(self, optimizer: Any, chunk: int = CHUNK, deterministic: bool = False) -> None:
+        # Edges of a chunk enter the optimizer in memory-address order, so with chunks the summation order
+        # of a BA, and the last bits of its result, vary from run to run. ``deterministic`` adds each
+        # element straight to the optimizer in insertion order instead (slower for big graphs; --sync).
+        self._direct = bool(deterministic)
         self._g = g2o()
         self.optimizer = optimizer
         self._chunk = int(chunk)
@@ -180,6 +184,11 @@ class GraphBuilder:
 
     def add_vertex(self, v: Any) -> None:
         """Add a vertex (its id must already be set)."""
+        if self._direct:
+            if not self.optimizer.add_vertex(v):
+                raise ValueError(f"g2o refused vertex id {v.id()} (duplicate id?)")
+            self._vertices.append(v)
+            return
         if not self._cur.add_vertex(v):
             raise ValueError(f"g2o refused vertex id {v.id()} (duplicate id?)")
         self._vertices.append(v)
@@ -187,6 +196,11 @@ class GraphBuilder:
 
     def add_edge(self, e: Any) -> None:
         """Add an edge whose vertices were added to this builder."""
+        if self._direct:
+            if not self.optimizer.add_edge(e):
+                raise ValueError("g2o refused an edge (vertex missing or duplicate edge)")
+            self._edges.append(e)
+            return
         if not self._cur.add_edge(e):
             raise ValueError("g2o refused an edge (vertex missing or duplicate edge)")
         self._edges.append(e)

@@ -79,6 +79,7 @@ def bundle_adjust(
     refine_without_outliers: bool = True,
     fix_points: np.ndarray | None = None,
     abort: threading.Event | None = None,
+    deterministic: bool = False,
     first_iterations: int = 5,
 ) -> BAResult:
     """Jointly refine keyframe poses and points by minimising reprojection error.
@@ -133,7 +134,7 @@ def bundle_adjust(
 
     g = _g2o.g2o()
     opt = _g2o.make_optimizer("ba")
-    builder = _g2o.GraphBuilder(opt)
+    builder = _g2o.GraphBuilder(opt, deterministic=deterministic)
     kf_idx = np.flatnonzero(kf_used)
     kf_vertices = {}
     for k in kf_idx:
