@@ -131,8 +131,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     data = out / "sequence"
     if not (data / "groundtruth.txt").exists():
-        print(f"synthesising a {args.frames}-frame endoscopy tube sequence in {data} ...")
-        generate("tube", data, frames=args.frames, seed=args.seed, size=(640, 480))
+        print(f"synthesising a {args.frames}-frame endoscopy sequence (tube_endo) in {data} ...")
+        generate("tube_endo", data, frames=args.frames, seed=args.seed, size=(640, 480))
     cfg = load_config(args.config, list(args.set))
     source = open_source(str(data), cfg.source)
     print(f"running SLAM ({cfg.features.type}, {cfg.tracking.frontend} front end) ...")
