@@ -112,7 +112,9 @@ def _report(outcome, args) -> int:
             f"  GT poses tracked {100 * e.get('tracked_fraction', 0):.1f}%"
         )
     if getattr(args, "profile", False):
-        lines.append("per-stage mean ms: " + ", ".join(f"{k} {v:.1f}" for k, v in s["stage_ms"].items()))
+        from slam.bench.profile import format_profile
+
+        lines.append(format_profile(s))
     lines.append(f"outputs in {outcome.out_dir}")
     print("\n".join(lines))
     if outcome.result.interrupted:

@@ -402,9 +402,7 @@ class LocalMapper:
             for bad, (p, k) in zip(result.outliers, refs):
                 if bad and not p.bad and k.id in p.observations:
                     the_map.erase_observation(p, k)
-            for p in points:
-                if not p.bad:
-                    the_map.update_point_geometry(p, self.scale_factor, self.num_levels)
+            the_map.update_points_geometry([p for p in points if not p.bad], self.scale_factor, self.num_levels)
 
 
 class LocalMapperThread:

@@ -33,12 +33,14 @@ def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other values are returned as they are."""
     if device != "auto":
         return device
-    try:
-        import torch  # noqa: PLC0415
+    import importlib.util
+    import os
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
+    if not os.path.exists("/dev/nvidiactl") or importlib.util.find_spec("torch") is None:
+        return "cpu"  # no NVIDIA driver or no torch: don't pay for importing torch
+    import torch  # noqa: PLC0415
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass

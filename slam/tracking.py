@@ -191,7 +191,7 @@ class Tracker:
                 p = the_map.create_point(res.points_1[k], ref.features.descriptors[i0], kf0, int(i0))
                 the_map.add_observation(p, kf1, int(i1))
         # full BA of the two-view map (first keyframe fixed)
-        with self.timer.stage("ba"):
+        with self.timer.stage("init_ba"):
             self._full_ba([kf0, kf1])
         with the_map.lock:
             pts = the_map.points_of([kf0])
@@ -646,6 +646,7 @@ class Tracker:
         if depth is not None:
             self._recent_depth = depth
         self._last_good_depth = self._recent_depth
+        self.map.compact()  # only its poses and points are needed from now on
         self.map = self._new_map()
         self.state = INITIALISING
         usable = last is not None and last.T_cw is not None and len(last.features) >= self.tcfg.init_min_matches \

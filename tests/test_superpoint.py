@@ -73,7 +73,8 @@ def test_shipped_weights_extract_mask_nms_describe():
     assert 20 < len(f) <= 150
     assert (f.keypoints[:, 0] <= 96 - ex.mask_margin_px).all()  # only in the eroded usable half
     border = ex.border_px
-    assert (f.keypoints >= border).all() and (f.keypoints[:, 1] < img.shape[0] - border).all()
+    # no detection within border_px of the edge (sub-pixel refinement moves a peak by at most 0.5 px)
+    assert (f.keypoints >= border - 0.5).all() and (f.keypoints[:, 1] <= img.shape[0] - border - 0.5).all()
     d = np.linalg.norm(f.keypoints[:, None] - f.keypoints[None], axis=2) + np.eye(len(f)) * 1e9
     assert d.min() >= ex.nms_radius - 1e-6  # non-maximum suppression keeps peaks apart
     # describe at the detected points reproduces extract's descriptors; points outside are dropped

@@ -21,14 +21,19 @@ Objective (SiLK, Gleize et al. ICCV 2023, adapted to SuperPoint's 1/8-resolution
   ``grid_stride``-pixel block (sum of the score map over the block) and "matching succeeded there" (the
   mutual nearest neighbour of ``p_i`` is its true correspondence); both directions (A->B, B->A);
 - because SuperPoint's descriptors live at 1/8 resolution, matching success says *which block* holds a good
-  keypoint but not *which pixel*; two terms make the within-cell position sharp and covariant:
-  ``corner`` (cross-entropy of the within-cell distribution, softmax over the 64 positions without the
-  dustbin, to a sharpened Shi-Tomasi corner response of the view: a label-free prior that puts the keypoint
-  on the cell's most corner-like pixel), ``cov`` (1 - cosine similarity of 8x8 patches of A's within-cell
-  distribution and B's warped into A) and optionally ``peak`` (1 - mean over cells of max minus mean of
-  that distribution). ``--corner-weight 0 --cov-weight 0 --peak-weight 0`` gives the plain SiLK objective
-  (measured: without a localisation term the within-cell distribution stays flat and keypoints land at
-  random pixels of their cell).
+  keypoint but not *which pixel*. ``corner`` (on by default, weight 4) is the cross-entropy of the within-cell
+  distribution (softmax over the 64 positions, dustbin excluded) to a sharpened Shi-Tomasi corner response
+  of the view: a label-free prior that puts the keypoint on the cell's most corner-like pixel. Optional
+  (off by default): ``cov``, 1 - cosine similarity of 8x8 patches of A's within-cell distribution and B's
+  warped into A, and ``peak``, 1 - mean over cells of max minus mean of that distribution.
+  ``--corner-weight 0`` gives the plain SiLK objective; measured in pilot runs: without a localisation term
+  the within-cell distribution stayed flat over the first hundreds of steps, so keypoints landed at random
+  pixels of their cell (held-out MMA@3 below that of random weights).
+
+Training runs with batch normalisation after every 3x3 convolution (in a 40-step pilot, held-out MMA@3 0.21
+with it against 0.04 without); :func:`slam.features.superpoint.fold_batchnorm` folds it away on export, so the shipped
+file has the published layout. On a shared CPU use one torch thread (``threads=1``): with two, the
+intra-op thread pool's spinning made steps ~10x slower on an oversubscribed machine.
 """
 
 from __future__ import annotations

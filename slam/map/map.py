@@ -223,25 +223,29 @@ class Map:
     # ------------------------------------------------------------------ point geometry
     def update_point_geometry(self, point: MapPoint, scale_factor: float, num_levels: int) -> None:
         """Recompute the mean viewing direction and the scale-invariance distance range."""
+        self.update_points_geometry([point], scale_factor, num_levels)
+
+    def update_points_geometry(self, points: list[MapPoint], scale_factor: float, num_levels: int) -> None:
+        """:meth:`update_point_geometry` for many points, with each keyframe centre computed once."""
         with self.lock:
-            normals, ref_dist, ref_octave = [], None, 0
-            for kf_id, idx in point.observations.items():
-                kf = self.keyframes.get(kf_id)
-                if kf is None:
+            centers: dict[int, np.ndarray] = {}
+            for point in points:
+                obs = [(kid, idx) for kid, idx in point.observations.items() if kid in self.keyframes]
+                if not obs:
                     continue
-                v = kf.center - point.position
-                n = np.linalg.norm(v)
-                if n > 0:
-                    normals.append(v / n)
-                if kf_id == point.first_kf_id or ref_dist is None:
-                    ref_dist = n
-                    ref_octave = int(kf.features.octaves[idx])
-            if normals:
-                m = np.mean(normals, axis=0)
-                point.normal = m / max(np.linalg.norm(m), 1e-12)
-            if ref_dist is not None:
-                level_factor = scale_factor ** ref_octave
-                point.max_distance = ref_dist * level_factor * 1.2
+                for kid, _ in obs:
+                    if kid not in centers:
+                        centers[kid] = self.keyframes[kid].center
+                v = np.array([centers[kid] for kid, _ in obs]) - point.position
+                n = np.sqrt((v * v).sum(axis=1))
+                ok = n > 0
+                if np.any(ok):
+                    m = (v[ok] / n[ok, None]).mean(axis=0)
+                    point.normal = m / max(float(np.sqrt(m @ m)), 1e-12)
+                ref = next((i for i, (kid, _) in enumerate(obs) if kid == point.first_kf_id), 0)
+                kid, idx = obs[ref]
+                ref_octave = int(self.keyframes[kid].features.octaves[idx])
+                point.max_distance = float(n[ref]) * scale_factor ** ref_octave * 1.2
                 point.min_distance = point.max_distance / (scale_factor ** max(num_levels - 1, 1)) / 1.44
 
     def update_point_descriptor(self, point: MapPoint) -> None:
@@ -295,6 +299,21 @@ class Map:
             for kf in keyframes:
                 ids.update(int(i) for i in kf.point_ids[kf.point_ids >= 0])
             return [self.points[i] for i in sorted(ids) if i in self.points]
+
+    def compact(self) -> None:
+        """Release what only tracking needs (keypoints, descriptors, observations) once the map is left
+        behind after tracking loss; poses, points and colours stay for the outputs."""
+        with self.lock:
+            for kf in self.keyframes.values():
+                kf.features = kf.features.subset(np.zeros(0, dtype=np.int64))
+                kf.kp_undist = kf.kp_undist[:0]
+                kf.inv_sigma2 = kf.inv_sigma2[:0]
+                kf.point_ids = kf.point_ids[:0]
+                kf.colors = kf.colors[:0]
+                kf.track_ids = None
+            for p in self.points.values():
+                p.descriptor = p.descriptor[:0]
+                p.observations = {}
 
     # ------------------------------------------------------------------ export
     def point_cloud(self) -> tuple[np.ndarray, np.ndarray]:
