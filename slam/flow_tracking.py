@@ -351,8 +351,12 @@ class FlowTracker(Tracker):
 
     def _descriptor_fallback(self, frame: Frame, mask: np.ndarray | None) -> bool:
         """Full keypoint extraction and descriptor tracking (reference keyframe, relocalisation, local map)."""
+        # keyframes hold descriptors of corners at level 0, so describe this frame's corners the same way
+        t = self.tcfg
         with self.timer.stage("extract"):
-            feats = self.extractor.extract(frame.gray, mask)
+            corners = detect_corners(frame.gray, mask, np.zeros((0, 2)), t.flow_max_corners,
+                                     t.flow_min_corner_distance_px)
+            feats, _ = self.extractor.describe(frame.gray, corners, None)
         self._set_keypoints(frame, feats, self._new_track_ids(len(feats)))
         self.num_fallbacks += 1
         ok = False
