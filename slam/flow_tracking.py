@@ -376,26 +376,13 @@ class FlowTracker(Tracker):
     def _finish_tracked(self, frame: Frame, mask: np.ndarray | None, force_keyframe: bool,
                         rotation_only: bool = False) -> TrackResult:
         last = self._last
-        self.state = TRACKING
-        if last is not None and last.T_cw is not None and frame.index - last.index <= 2:
-            self._velocity = frame.T_cw @ invert(last.T_cw)
-        else:
-            self._velocity = None
-        self._frames_since_kf += 1
-        num = frame.num_matched
-        new_kf = force_keyframe or self._need_flow_keyframe(frame, num)
+        self._begin_tracked(frame, last)
+        new_kf = force_keyframe or self._need_flow_keyframe(frame, frame.num_matched)
         if new_kf:
             self._make_flow_keyframe(frame, mask)
         else:
             self._prev_gray = frame.gray
-        ref = self._ref_kf
-        self._record(frame, ref, frame.T_cw @ invert(ref.T_cw))
-        if num >= 30 and not rotation_only:
-            self._recent_depth = self._median_depth_last_of(frame) or self._recent_depth
-            self._note_motion(frame, last)
-        self._last = frame
-        self._last_good_T_wc = invert(frame.T_cw)
-        return TrackResult(TRACKING, frame.T_cw, num, new_keyframe=new_kf)
+        return self._end_tracked(frame, last, rotation_only, new_kf)
 
     def _need_flow_keyframe(self, frame: Frame, num_tracked: int) -> bool:
         t = self.tcfg

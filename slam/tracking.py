@@ -360,24 +360,33 @@ class Tracker:
             self._velocity = None
             return TrackResult(LOST, None, 0)
 
+        self._begin_tracked(frame, last)
+        num = frame.num_matched
+        new_kf = False
+        if self._need_keyframe(frame, num) or (rotation_only and self._frames_since_kf >= 4):
+            self._insert_keyframe(frame)
+            new_kf = True
+        return self._end_tracked(frame, last, rotation_only, new_kf)
+
+    def _begin_tracked(self, frame: Frame, last: Frame | None) -> None:
+        """Bookkeeping once ``frame`` has a pose: state, constant-velocity model, keyframe counter."""
         self.state = TRACKING
         if last is not None and last.T_cw is not None and frame.index - last.index <= 2:
             self._velocity = frame.T_cw @ invert(last.T_cw)
         else:
             self._velocity = None
         self._frames_since_kf += 1
+
+    def _end_tracked(self, frame: Frame, last: Frame | None, rotation_only: bool, new_kf: bool) -> TrackResult:
+        """Record the frame's pose relative to its reference keyframe and update the motion priors."""
         num = frame.num_matched
-        new_kf = False
-        if self._need_keyframe(frame, num) or (rotation_only and self._frames_since_kf >= 4):
-            self._insert_keyframe(frame)
-            new_kf = True
         ref = self._ref_kf
         self._record(frame, ref, frame.T_cw @ invert(ref.T_cw))
+        if num >= 30 and not rotation_only:
+            self._recent_depth = self._median_depth_last_of(frame) or self._recent_depth
+            self._note_motion(frame, last)
         self._last = frame
         self._last_good_T_wc = invert(frame.T_cw)
-        if num >= 30 and not rotation_only:
-            self._recent_depth = self._median_depth_last() or self._recent_depth
-            self._note_motion(frame, last)
         return TrackResult(TRACKING, frame.T_cw, num, new_keyframe=new_kf)
 
     def _track_rotation_only(self, frame: Frame) -> bool:
