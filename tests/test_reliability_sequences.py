@@ -170,7 +170,10 @@ def test_dropped_frames(base, frontend):
     s = states(result)
     assert set(s[-10:]) == {"T"}, s
     if result.stats["maps"] == 1:  # tracked across the jump: the poses must be right
-        assert len(result.trajectory) >= len(idx) - 1 and "L" not in s, s
+        lost = [i for i, c in enumerate(s) if c == "L"]
+        # pure flow uses descriptors only after a loss: lost at the jump, relocalised on the next frame
+        assert lost == [] or (frontend == "flow" and lost == [20]), s
+        assert len(result.trajectory) >= len(idx) - 1 - len(lost), s
         assert ate_percent(result, base.T_wc[idx]) < 2.0
     else:  # e.g. frame-to-frame flow cannot bridge the jump: reported lost at the jump, then a new map
         assert "L" in s[20:24], s
