@@ -343,8 +343,6 @@ class LocalMapper:
 
     # ----------------------------------------------------------------------------------------- local BA
     def _local_ba(self, the_map: Map, kf: KeyFrame) -> None:
-        from slam.optim import bundle_adjust
-
         self.abort_ba.clear()
         with the_map.lock:
             local = [kf] + [k for k in the_map.best_covisible(kf, self.mcfg.local_ba_keyframes - 1) if not k.bad]
@@ -359,50 +357,61 @@ class LocalMapper:
             kfs = local + fixed_kfs
             if len(kfs) < 2 or not points:
                 return
-            index = {k.id: i for i, k in enumerate(kfs)}
             fixed = np.array([k.id not in local_ids for k in kfs])
             if not np.any(fixed):
-                # gauge: fix the oldest keyframe (the map's origin) when it is local
-                oldest = min(range(len(kfs)), key=lambda i: kfs[i].id)
-                fixed[oldest] = True
-                if np.count_nonzero(~fixed) and len(kfs) >= 2 and kfs[oldest].id == min(the_map.keyframes):
-                    pass
-            obs_kf, obs_pt, obs_uv, obs_w, refs = [], [], [], [], []
-            for j, p in enumerate(points):
-                for kid, idx in p.observations.items():
-                    i = index.get(kid)
-                    if i is None:
-                        continue
-                    k = kfs[i]
-                    obs_kf.append(i)
-                    obs_pt.append(j)
-                    obs_uv.append(k.kp_undist[idx])
-                    obs_w.append(k.inv_sigma2[idx])
-                    refs.append((p, k))
-            T = np.array([k.T_cw for k in kfs])
-            X = np.array([p.position for p in points])
-        if len(obs_kf) == 0:
-            return
-        # with only two keyframes and one fixed, scale is still free: fix the second one's distance by
-        # fixing both when the map is that small (after initialisation the full BA already ran)
-        if len(the_map.keyframes) <= 2:
-            fixed[:] = True
-        result = bundle_adjust(
-            T, fixed, X, np.array(obs_kf), np.array(obs_pt), np.array(obs_uv), np.array(obs_w),
-            self.intrinsics, iterations=self.mcfg.ba_iterations, abort=self.abort_ba,
-            deterministic=self.cfg.system.sync,
-        )
+                fixed[min(range(len(kfs)), key=lambda i: kfs[i].id)] = True  # gauge: the oldest keyframe
+            # with only two keyframes, scale is still free; the full BA after initialisation already ran
+            if len(the_map.keyframes) <= 2:
+                fixed[:] = True
+        adjusted = adjust_bundle(the_map, kfs, points, fixed, self.intrinsics, self.mcfg.ba_iterations,
+                                 abort=self.abort_ba, deterministic=self.cfg.system.sync)
         with the_map.lock:
-            for k, T_new, is_fixed in zip(kfs, result.T_cw, fixed):
-                if not is_fixed and not k.bad:
-                    k.T_cw = np.array(T_new)
-            for p, x in zip(points, result.points_w):
-                if not p.bad:
-                    p.position = np.array(x)
-            for bad, (p, k) in zip(result.outliers, refs):
-                if bad and not p.bad and k.id in p.observations:
-                    the_map.erase_observation(p, k)
-            the_map.update_points_geometry([p for p in points if not p.bad], self.scale_factor, self.num_levels)
+            the_map.update_points_geometry([p for p in adjusted if not p.bad], self.scale_factor, self.num_levels)
+
+
+def adjust_bundle(the_map: Map, kfs: list[KeyFrame], points: list[MapPoint], fixed: np.ndarray,
+                  intrinsics: tuple[float, float, float, float], iterations: int,
+                  abort: threading.Event | None = None, deterministic: bool = False) -> list[MapPoint]:
+    """Bundle adjustment of ``kfs`` (``fixed (K,)`` held still) and ``points`` through g2o, written back.
+
+    Observations are gathered and results written under ``the_map.lock``; the optimisation runs without
+    it. Outlier observations are erased. Returns the points that took part.
+    """
+    from slam.optim import bundle_adjust
+
+    with the_map.lock:
+        index = {k.id: i for i, k in enumerate(kfs)}
+        obs_kf, obs_pt, obs_uv, obs_w, refs = [], [], [], [], []
+        for j, p in enumerate(points):
+            for kid, idx in p.observations.items():
+                i = index.get(kid)
+                if i is None:
+                    continue
+                k = kfs[i]
+                obs_kf.append(i)
+                obs_pt.append(j)
+                obs_uv.append(k.kp_undist[idx])
+                obs_w.append(k.inv_sigma2[idx])
+                refs.append((p, k))
+        T = np.array([k.T_cw for k in kfs])
+        X = np.array([p.position for p in points])
+    if not obs_kf:
+        return []
+    result = bundle_adjust(
+        T, fixed, X, np.array(obs_kf), np.array(obs_pt), np.array(obs_uv), np.array(obs_w),
+        intrinsics, iterations=iterations, abort=abort, deterministic=deterministic,
+    )
+    with the_map.lock:
+        for k, T_new, is_fixed in zip(kfs, result.T_cw, fixed):
+            if not is_fixed and not k.bad:
+                k.T_cw = np.array(T_new)
+        for p, x in zip(points, result.points_w):
+            if not p.bad:
+                p.position = np.array(x)
+        for bad, (p, k) in zip(result.outliers, refs):
+            if bad and not p.bad and k.id in p.observations:
+                the_map.erase_observation(p, k)
+    return points
 
 
 class LocalMapperThread:

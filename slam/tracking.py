@@ -174,8 +174,6 @@ class Tracker:
         return TrackResult(TRACKING, frame.T_cw, frame.num_matched, new_keyframe=True, map_created=True)
 
     def _create_initial_map(self, ref: Frame, cur: Frame, matches: np.ndarray, res) -> bool:
-        from slam.optim import bundle_adjust
-
         the_map = self.map
         valid = np.asarray(res.valid, dtype=bool)
         if np.count_nonzero(valid) < self.tcfg.init_min_points:
@@ -234,39 +232,13 @@ class Tracker:
         return True
 
     def _full_ba(self, kfs: list[KeyFrame]) -> None:
-        from slam.optim import bundle_adjust
+        """Bundle adjustment of the whole (two-keyframe) map with the first keyframe fixed."""
+        from slam.mapping import adjust_bundle
 
-        with self.map.lock:
-            points = self.map.points_of(kfs)
-            kf_index = {kf.id: i for i, kf in enumerate(kfs)}
-            obs_kf, obs_pt, obs_uv, obs_w, obs_ref = [], [], [], [], []
-            for j, p in enumerate(points):
-                for kid, idx in p.observations.items():
-                    if kid in kf_index:
-                        kf = kfs[kf_index[kid]]
-                        obs_kf.append(kf_index[kid])
-                        obs_pt.append(j)
-                        obs_uv.append(kf.kp_undist[idx])
-                        obs_w.append(kf.inv_sigma2[idx])
-                        obs_ref.append((p, kf))
-            T = np.array([kf.T_cw for kf in kfs])
-            X = np.array([p.position for p in points])
-        if len(points) == 0:
-            return
         fixed = np.zeros(len(kfs), dtype=bool)
         fixed[0] = True
-        result = bundle_adjust(
-            T, fixed, X, np.array(obs_kf), np.array(obs_pt), np.array(obs_uv), np.array(obs_w),
-            self.intrinsics, iterations=20, deterministic=self.cfg.system.sync,
-        )
-        with self.map.lock:
-            for kf, T_new in zip(kfs, result.T_cw):
-                kf.T_cw = np.array(T_new)
-            for p, x in zip(points, result.points_w):
-                p.position = np.array(x)
-            for bad, (p, kf) in zip(result.outliers, obs_ref):
-                if bad and not p.bad:
-                    self.map.erase_observation(p, kf)
+        adjust_bundle(self.map, kfs, self.map.points_of(kfs), fixed, self.intrinsics, iterations=20,
+                      deterministic=self.cfg.system.sync)
 
     def _discard_map(self) -> None:
         self.map = self._new_map(reuse_id=self.map.id)
