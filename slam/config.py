@@ -97,6 +97,8 @@ class TrackingConfig:
     flow_win_size: int = 21
     flow_levels: int = 3
     flow_fb_threshold_px: float = 1.0
+    flow_iterations: int = 30  # Lucas-Kanade iterations per pyramid level (at most)
+    flow_epsilon_px: float = 0.01  # ... or until the update is below this
     flow_min_corner_distance_px: int = 10
     flow_max_corners: int = 1000
 

@@ -28,8 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def track_flow(prev_gray: np.ndarray, gray: np.ndarray, pts: np.ndarray, win: int, levels: int,
-               fb_threshold: float, mask: np.ndarray | None = None, guess: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               fb_threshold: float, mask: np.ndarray | None = None, guess: np.ndarray | None = None,
+               iterations: int = 30, epsilon: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
     """Carry ``pts (N, 2)`` from ``prev_gray`` to ``gray``; returns new positions and a ``(N,)`` bool of good tracks.
+
+    Each pyramid level iterates at most ``iterations`` times or until the update is below ``epsilon`` px.
 
     A track is good when LK converged both ways, the backward track returns within ``fb_threshold``
     pixels, and the new position lies inside the image (and the mask).
@@ -39,7 +42,7 @@ def track_flow(prev_gray: np.ndarray, gray: np.ndarray, pts: np.ndarray, win: in
     if len(pts) == 0:
         return np.zeros((0, 2), np.float32), np.zeros(0, bool)
     p0 = np.ascontiguousarray(pts, dtype=np.float32).reshape(-1, 1, 2)
-    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01)
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, int(iterations), float(epsilon))
     flags = 0
     p1_init = None
     if guess is not None:
@@ -160,7 +163,7 @@ class FlowTracker(Tracker):
         t = self.tcfg
         with self.timer.stage("flow"):
             p1, good = track_flow(self._prev_gray, frame.gray, self._pts, t.flow_win_size, t.flow_levels,
-                                  t.flow_fb_threshold_px, mask, guess)
+                                  t.flow_fb_threshold_px, mask, guess, t.flow_iterations, t.flow_epsilon_px)
         self._pts = p1
         return good
 

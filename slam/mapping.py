@@ -70,11 +70,10 @@ class LocalMapper:
             return  # culled meanwhile, or from a map that was replaced after tracking loss
         with self.timer.stage("mapping"):
             with the_map.lock:
-                for idx in np.flatnonzero(kf.point_ids >= 0):
-                    p = the_map.points.get(int(kf.point_ids[idx]))
-                    if p is not None:
-                        the_map.update_point_geometry(p, self.scale_factor, self.num_levels)
-                        the_map.update_point_descriptor(p)
+                seen = [p for p in (the_map.points.get(int(i)) for i in kf.point_ids[kf.point_ids >= 0]) if p is not None]
+                the_map.update_points_geometry(seen, self.scale_factor, self.num_levels)
+                for p in seen:
+                    the_map.update_point_descriptor(p)
             self._cull_recent_points(the_map, kf)
             with self.timer.stage("triangulate"):
                 self._create_new_points(the_map, kf)
@@ -206,15 +205,17 @@ class LocalMapper:
             with the_map.lock:
                 if kf.bad or nb.bad:
                     continue
+                born = []
                 for k in np.flatnonzero(good):
                     a, b = int(i1[k]), int(i2[k])
                     if kf.point_ids[a] >= 0 or nb.point_ids[b] >= 0:
                         continue
                     p = the_map.create_point(X[k], kf.features.descriptors[a], kf, a)
                     the_map.add_observation(p, nb, b)
-                    the_map.update_point_geometry(p, self.scale_factor, self.num_levels)
+                    born.append(p)
                     self._recent_points.append((p, kf.id))
-                    created += 1
+                the_map.update_points_geometry(born, self.scale_factor, self.num_levels)
+                created += len(born)
         log.debug("keyframe %d: %d new points", kf.id, created)
 
     def _match_for_triangulation(self, kf: KeyFrame, nb: KeyFrame, free1: np.ndarray, free2: np.ndarray,
@@ -295,9 +296,10 @@ class LocalMapper:
         with the_map.lock:
             others = [p for p in the_map.points_of(targets) if kf.id not in p.observations]
             self._fuse_into(the_map, others, kf, search_by_projection)
-            for p in the_map.points_of([kf]):
+            fused = the_map.points_of([kf])
+            for p in fused:
                 the_map.update_point_descriptor(p)
-                the_map.update_point_geometry(p, self.scale_factor, self.num_levels)
+            the_map.update_points_geometry(fused, self.scale_factor, self.num_levels)
 
     def _fuse_into(self, the_map: Map, points: list[MapPoint], target: KeyFrame, search_by_projection) -> None:
         pts = [p for p in points if not p.bad and target.id not in p.observations]

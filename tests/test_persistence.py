@@ -290,3 +290,25 @@ def test_map_of_a_real_run_round_trips(tmp_path):
     assert camera2 == camera and config == json.loads(json.dumps(cfg.to_dict()))
     for a, b in zip(maps, loaded, strict=True):
         _assert_map_same(a, b)
+
+
+def test_points_geometry_matches_per_point_definition():
+    """Batched normal/distance update equals the per-point definition (mean unit ray, reference octave)."""
+    m = _random_map(seed=3, map_id=0, num_kf=6, num_kp=40, num_points=60, binary=True)
+    points = list(m.points.values())
+    m.update_points_geometry(points, 1.2, 8)
+    checked = 0
+    for p in points:
+        obs = [(k, i) for k, i in p.observations.items() if k in m.keyframes]
+        if not obs:
+            continue
+        rays = np.array([m.keyframes[k].center - p.position for k, _ in obs])
+        mean = (rays / np.linalg.norm(rays, axis=1, keepdims=True)).mean(axis=0)
+        np.testing.assert_allclose(p.normal, mean / np.linalg.norm(mean), atol=1e-12)
+        k, i = next(((k, i) for k, i in obs if k == p.first_kf_id), obs[0])
+        dist = np.linalg.norm(m.keyframes[k].center - p.position)
+        expected_max = dist * 1.2 ** int(m.keyframes[k].features.octaves[i]) * 1.2
+        assert p.max_distance == pytest.approx(expected_max, rel=1e-12)
+        assert p.min_distance == pytest.approx(expected_max / 1.2 ** 7 / 1.44, rel=1e-12)
+        checked += 1
+    assert checked > 20

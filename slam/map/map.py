@@ -226,27 +226,49 @@ class Map:
         self.update_points_geometry([point], scale_factor, num_levels)
 
     def update_points_geometry(self, points: list[MapPoint], scale_factor: float, num_levels: int) -> None:
-        """:meth:`update_point_geometry` for many points, with each keyframe centre computed once."""
+        """:meth:`update_point_geometry` for many points, vectorised over all their observations.
+
+        normal: mean of the unit vectors point -> observing keyframe centres; distance range from the
+        distance to the reference keyframe (the creating one when it still observes the point, else
+        the first observer) and the octave the point was seen at there.
+        """
         with self.lock:
-            centers: dict[int, np.ndarray] = {}
+            kf_ids = list(self.keyframes)
+            if not points or not kf_ids:
+                return
+            row_of_kf = {kid: r for r, kid in enumerate(kf_ids)}
+            centers = np.array([self.keyframes[kid].center for kid in kf_ids])
+            owners, rows, ref_rows, ref_octaves, used = [], [], [], [], []
             for point in points:
-                obs = [(kid, idx) for kid, idx in point.observations.items() if kid in self.keyframes]
+                obs = [(kid, idx) for kid, idx in point.observations.items() if kid in row_of_kf]
                 if not obs:
                     continue
-                for kid, _ in obs:
-                    if kid not in centers:
-                        centers[kid] = self.keyframes[kid].center
-                v = np.array([centers[kid] for kid, _ in obs]) - point.position
-                n = np.sqrt((v * v).sum(axis=1))
-                ok = n > 0
-                if np.any(ok):
-                    m = (v[ok] / n[ok, None]).mean(axis=0)
-                    point.normal = m / max(float(np.sqrt(m @ m)), 1e-12)
-                ref = next((i for i, (kid, _) in enumerate(obs) if kid == point.first_kf_id), 0)
-                kid, idx = obs[ref]
-                ref_octave = int(self.keyframes[kid].features.octaves[idx])
-                point.max_distance = float(n[ref]) * scale_factor ** ref_octave * 1.2
-                point.min_distance = point.max_distance / (scale_factor ** max(num_levels - 1, 1)) / 1.44
+                kid, idx = next(((k, i) for k, i in obs if k == point.first_kf_id), obs[0])
+                ref_rows.append(row_of_kf[kid])
+                ref_octaves.append(int(self.keyframes[kid].features.octaves[idx]))
+                owners.extend([len(used)] * len(obs))
+                rows.extend(row_of_kf[k] for k, _ in obs)
+                used.append(point)
+            if not used:
+                return
+            X = np.array([p.position for p in used], dtype=np.float64)
+            owners_a = np.asarray(owners, np.int64)
+            v = centers[np.asarray(rows, np.int64)] - X[owners_a]
+            n = np.sqrt((v * v).sum(axis=1))
+            unit = np.where(n[:, None] > 0, v / np.maximum(n, 1e-300)[:, None], 0.0)
+            sums = np.zeros_like(X)
+            np.add.at(sums, owners_a, unit)
+            counts = np.bincount(owners_a, weights=(n > 0).astype(np.float64), minlength=len(used))
+            mean = sums / np.maximum(counts, 1)[:, None]
+            norm = np.sqrt((mean * mean).sum(axis=1))
+            ref_dist = np.sqrt(((centers[np.asarray(ref_rows, np.int64)] - X) ** 2).sum(axis=1))
+            max_d = ref_dist * scale_factor ** np.asarray(ref_octaves, np.float64) * 1.2
+            min_d = max_d / (scale_factor ** max(num_levels - 1, 1)) / 1.44
+            for j, point in enumerate(used):
+                if counts[j] > 0:
+                    point.normal = mean[j] / max(float(norm[j]), 1e-12)
+                point.max_distance = float(max_d[j])
+                point.min_distance = float(min_d[j])
 
     def update_point_descriptor(self, point: MapPoint) -> None:
         """Choose the observation descriptor with the least median distance to the others."""

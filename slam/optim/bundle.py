@@ -94,6 +94,7 @@ def bundle_adjust(
     ``sqrt(chi2_threshold)``; without ``robust`` no kernel), then, with ``refine_without_outliers``,
     observations with chi2 > ``chi2_threshold`` or depth <= 0 are dropped and ``iterations`` more run
     without the kernel. Without ``refine_without_outliers`` one stage of ``iterations`` runs.
+    Each stage stops early once an iteration gains less than ``_g2o.CONVERGED_GAIN`` (relative chi2).
     Observations at or behind the camera (or non-finite) at the start take no part. ``abort`` (set by
     another thread) stops the running stage after its current iteration and skips the next stage.
     """
@@ -134,6 +135,7 @@ def bundle_adjust(
 
     g = _g2o.g2o()
     opt = _g2o.make_optimizer("ba")
+    converged = _g2o.stop_when_converged(opt)  # noqa: F841 - must outlive the optimisation
     builder = _g2o.GraphBuilder(opt, deterministic=deterministic)
     kf_idx = np.flatnonzero(kf_used)
     kf_vertices = {}

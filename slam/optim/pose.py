@@ -80,7 +80,8 @@ def optimize_pose(
     safe_pts = np.where(finite[:, None], points_w, 0.0)
 
     opt = _g2o.make_optimizer("pose")
-    builder = _g2o.GraphBuilder(opt)
+    # one vertex and at most a few thousand edges: adding them directly is fast and keeps the edge order
+    builder = _g2o.GraphBuilder(opt, deterministic=True)
     vertex = g.VertexSE3Expmap()
     vertex.set_id(_g2o.keyframe_vertex_id(0))
     vertex.set_estimate(_g2o.se3quat(T_cw))
