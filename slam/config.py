@@ -66,6 +66,7 @@ class FeatureConfig:
     flatten_sigma: float | None = None  # blur sigma in pixels (None: 1/16 of the larger image side)
     sift_contrast_threshold: float = 0.01
     sift_edge_threshold: float = 10.0
+    sift_backend: str = "auto"  # auto (torch SIFT on CUDA, OpenCV on CPU) | opencv | torch (any device)
     orb_fast_threshold: int = 12
     orb_levels: int = 8
     orb_scale_factor: float = 1.2

@@ -243,3 +243,18 @@ def test_cuda_matches_cpu(image, graph):
         d = np.linalg.norm(got.keypoints[:, None] - ref.keypoints[None], axis=2).min(axis=1)
         assert abs(len(got) - len(ref)) <= 0.02 * len(ref)
         assert (d < 0.05).mean() > 0.97
+
+
+def test_sift_backend_selects_the_implementation():
+    """features.sift_backend: torch runs our SIFT on the CPU too; opencv/auto on CPU keep OpenCV's; typos are refused."""
+    from slam.config import FeatureConfig
+    from slam.errors import ConfigError
+    from slam.features.factory import create_extractor
+    from slam.features.sift import SiftExtractor
+    from slam.features.sift_torch import TorchSIFTExtractor
+
+    assert isinstance(create_extractor(FeatureConfig(type="sift", sift_backend="torch"), "cpu"), TorchSIFTExtractor)
+    assert isinstance(create_extractor(FeatureConfig(type="sift", sift_backend="auto"), "cpu"), SiftExtractor)
+    assert isinstance(create_extractor(FeatureConfig(type="sift", sift_backend="opencv"), "cuda"), SiftExtractor)
+    with pytest.raises(ConfigError, match="sift_backend"):
+        create_extractor(FeatureConfig(type="sift", sift_backend="cudasift"), "cpu")

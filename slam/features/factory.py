@@ -9,19 +9,25 @@ from slam.errors import ConfigError, DependencyError
 from slam.features.base import FeatureExtractor
 
 EXTRACTOR_TYPES = ("sift", "orb", "superpoint")
+SIFT_BACKENDS = ("auto", "opencv", "torch")
 
 
 def create_extractor(cfg: FeatureConfig, device: str = "cpu") -> FeatureExtractor:
     """The extractor for ``cfg.type`` (sift | orb | superpoint).
 
-    ``device`` ('cpu' or 'cuda') only matters for SuperPoint, which is imported lazily (it needs torch).
+    ``device`` ('cpu' or 'cuda') matters for SuperPoint and for SIFT, whose ``sift_backend`` 'auto' picks the
+    torch implementation on CUDA and OpenCV's on the CPU; heavy modules are imported lazily.
     Raises ConfigError for an unknown type or invalid settings, DependencyError when SuperPoint's module or
     torch is not available.
     """
     kind = str(cfg.type).strip().lower()
     if kind == "sift":
-        if str(device).startswith("cuda"):
-            # SIFT written in torch: the whole pipeline on the GPU (OpenCV SIFT stays the CPU default)
+        backend = str(cfg.sift_backend).strip().lower()
+        if backend not in SIFT_BACKENDS:
+            raise ConfigError(f"features.sift_backend {cfg.sift_backend!r} is unknown; choose one of {', '.join(SIFT_BACKENDS)}")
+        if backend == "torch" or (backend == "auto" and str(device).startswith("cuda")):
+            # SIFT written in torch: the whole pipeline on the GPU (OpenCV SIFT stays the CPU default;
+            # sift_backend=torch runs the same code on the CPU, for comparisons)
             from slam.features.sift_torch import TorchSIFTExtractor
 
             return TorchSIFTExtractor(cfg, device=device)
