@@ -233,24 +233,26 @@ class Map:
         the first observer) and the octave the point was seen at there.
         """
         with self.lock:
-            kf_ids = list(self.keyframes)
-            if not points or not kf_ids:
-                return
-            row_of_kf = {kid: r for r, kid in enumerate(kf_ids)}
-            centers = np.array([self.keyframes[kid].center for kid in kf_ids])
+            row_of_kf: dict[int, int] = {}  # only the keyframes these points' observations name
+            centers_list: list[np.ndarray] = []
             owners, rows, ref_rows, ref_octaves, used = [], [], [], [], []
             for point in points:
-                obs = [(kid, idx) for kid, idx in point.observations.items() if kid in row_of_kf]
+                obs = [(kid, idx) for kid, idx in point.observations.items() if kid in self.keyframes]
                 if not obs:
                     continue
+                for kid, _ in obs:
+                    if kid not in row_of_kf:
+                        row_of_kf[kid] = len(centers_list)
+                        centers_list.append(self.keyframes[kid].center)
+                    rows.append(row_of_kf[kid])
                 kid, idx = next(((k, i) for k, i in obs if k == point.first_kf_id), obs[0])
                 ref_rows.append(row_of_kf[kid])
                 ref_octaves.append(int(self.keyframes[kid].features.octaves[idx]))
                 owners.extend([len(used)] * len(obs))
-                rows.extend(row_of_kf[k] for k, _ in obs)
                 used.append(point)
             if not used:
                 return
+            centers = np.array(centers_list)
             X = np.array([p.position for p in used], dtype=np.float64)
             owners_a = np.asarray(owners, np.int64)
             v = centers[np.asarray(rows, np.int64)] - X[owners_a]
