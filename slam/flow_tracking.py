@@ -104,6 +104,7 @@ class FlowTracker(Tracker):
         self._init_pts0 = np.zeros((0, 2), np.float32)
         self._num_tracks_at_kf = 0
         self.num_fallbacks = 0
+        self.num_two_view = 0
 
     # ------------------------------------------------------------------------------------------- frames
     def prepare(self, fd, preprocessor) -> tuple[Frame, np.ndarray | None]:
@@ -278,6 +279,9 @@ class FlowTracker(Tracker):
             point_ids = point_ids[good]
             ok = self._pose_from_tracks(frame, T_pred, point_ids)
             if not ok:
+                with self.timer.stage("two_view"):
+                    if self._pose_from_keyframe_motion(frame, point_ids):
+                        return self._finish_tracked(frame, mask, force_keyframe=True)
                 with self.timer.stage("rotation"):
                     if self._rotation_from_tracks(frame, prev_pts[good], point_ids):
                         force = self._frames_since_kf >= 3
@@ -325,6 +329,103 @@ class FlowTracker(Tracker):
             pid_full[has[inl]] = ids[inl]
             frame.point_ids[:] = pid_full[sel]
         return True
+
+    def _pose_from_keyframe_motion(self, frame: Frame, point_ids: np.ndarray) -> bool:
+        """The pose from the tracks' own two-view geometry with a recent keyframe, when map points run out.
+
+        After a fast turn into unmapped space too few tracks hold map points for a pose, while the flow
+        tracks themselves live on. Once they have parallax, the motion from the oldest recent keyframe
+        that shares enough of them follows from the essential matrix (or homography) of the tracks; its
+        scale from the map points still tracked, else from that keyframe's scene depth. The frame then
+        becomes a keyframe, so the mapper triangulates the new view from a real baseline (a keyframe
+        kept at the old centre, as rotation-only tracking does, never gives one).
+        """
+        from slam.geometry.two_view import initialize_two_view
+
+        t = self.tcfg
+        min_shared = max(t.init_min_points, 30)
+        with self.map.lock:
+            recent = [k for k in self.map.keyframe_list()[-8:] if not k.bad and k.track_ids is not None]
+        anchor = None
+        for kf in recent:  # oldest first: the longest baseline
+            common, ia, ib = np.intersect1d(kf.track_ids, self._tids, return_indices=True)
+            if np.count_nonzero(common >= 0) >= min_shared:
+                anchor = kf
+                rows_kf, rows_now = ia[common >= 0], ib[common >= 0]
+                break
+        if anchor is None:
+            return False
+        x1 = self.camera.normalize(anchor.features.keypoints[rows_kf])
+        x2 = self.camera.normalize(self._pts[rows_now])
+        res = initialize_two_view(x1, x2, self.focal, min_parallax_deg=self.cfg.mapping.min_parallax_deg,
+                                  min_triangulated=min_shared, seed=self.cfg.system.seed)
+        if res is None or not res.ok:
+            return False
+        valid = np.asarray(res.valid, bool)
+        depth_unit = np.asarray(res.points_1)[:, 2]
+        with self.map.lock:
+            T_kf = anchor.T_cw.copy()
+        scale = self._two_view_scale(T_kf, point_ids[rows_now], depth_unit, valid, anchor)
+        if scale is None:
+            return False
+        T_21 = np.array(res.T_21, np.float64)
+        T_21[:3, 3] *= scale
+        frame.T_cw = T_21 @ T_kf
+        # keep the tracks the two-view model explains and those the anchor does not share
+        keep = np.ones(len(self._pts), bool)
+        keep[rows_now[~np.asarray(res.inliers, bool)]] = False
+        ids = np.where(keep, point_ids, -1)[keep]
+        self._keep_tracks(keep)
+        self._set_keypoints(frame, self._flow_features(self._pts), self._tids)
+        frame.point_ids = self._consistent_point_ids(frame, ids)
+        self.num_two_view += 1
+        log.debug("frame %d: pose from two-view motion of %d tracks since keyframe %d (scale %.3g)",
+                  frame.index, int(valid.sum()), anchor.id, scale)
+        return True
+
+    def _two_view_scale(self, T_kf: np.ndarray, point_ids: np.ndarray, depth_unit: np.ndarray,
+                        valid: np.ndarray, anchor: KeyFrame) -> float | None:
+        """Map units per two-view unit: from map points among the valid tracks, else the anchor's depth."""
+        has = valid & (point_ids >= 0)
+        if np.count_nonzero(has) >= 5:
+            X, _, ids = self._point_arrays(point_ids[has])
+            if len(ids) >= 5:
+                pos = dict(zip(ids.tolist(), X))
+                rows = [r for r, pid in zip(np.flatnonzero(has), point_ids[has]) if int(pid) in pos]
+                Xs = np.array([pos[int(point_ids[r])] for r in rows])
+                z_map = Xs @ T_kf[2, :3] + T_kf[2, 3]
+                z_unit = depth_unit[rows]
+                ok = (z_map > 0) & (z_unit > 0)
+                if np.count_nonzero(ok) >= 5:
+                    return float(np.median(z_map[ok] / z_unit[ok]))
+        with self.map.lock:
+            pts = self.map.points_of([anchor])
+            X = np.array([p.position for p in pts]) if pts else np.zeros((0, 3))
+        z = X @ T_kf[2, :3] + T_kf[2, 3] if len(X) else np.zeros(0)
+        z = z[z > 0]
+        d_map = float(np.median(z)) if len(z) >= 10 else self._recent_depth
+        if d_map is None or not np.any(valid):
+            return None
+        return float(d_map / np.median(depth_unit[valid]))
+
+    def _consistent_point_ids(self, frame: Frame, ids: np.ndarray) -> np.ndarray:
+        """``ids (N,)`` with -1 where the map point does not reproject within 3 px of its track."""
+        out = np.full(len(ids), -1, np.int64)
+        has = np.flatnonzero(ids >= 0)
+        if len(has) == 0:
+            return out
+        X, _, alive = self._point_arrays(ids[has])
+        pos = dict(zip(alive.tolist(), X))
+        rows = [r for r in has if int(ids[r]) in pos]
+        if not rows:
+            return out
+        Xs = np.array([pos[int(ids[r])] for r in rows])
+        Xc = Xs @ frame.T_cw[:3, :3].T + frame.T_cw[:3, 3]
+        uv = self.camera.project_ideal(Xc)
+        err = np.linalg.norm(uv - frame.kp_undist[rows], axis=1)
+        good = (Xc[:, 2] > 0) & (err < 3.0)
+        out[np.array(rows)[good]] = ids[np.array(rows)[good]]
+        return out
 
     def _rotation_from_tracks(self, frame: Frame, prev_pts: np.ndarray, point_ids: np.ndarray) -> bool:
         """The camera turned in place: rotation from the flow tracks themselves, centre kept."""
@@ -396,8 +497,35 @@ class FlowTracker(Tracker):
         tracks_left = len(self._pts) / max(self._num_tracks_at_kf, 1)
         with self.map.lock:
             kf_points = int(np.count_nonzero(self._last_kf.point_ids >= 0)) if self._last_kf is not None else 0
-        weak = num_tracked < t.keyframe_tracked_ratio * kf_points or tracks_left < 0.7 or num_tracked < t.keyframe_min_tracked
-        return bool(weak and (self.mapper.idle or tracks_left < 0.5 or num_tracked < t.keyframe_min_tracked))
+        losing_tracks = tracks_left < 0.7  # new corners are needed where the view has moved on
+        weak = num_tracked < t.keyframe_tracked_ratio * kf_points or num_tracked < t.keyframe_min_tracked
+        if not (weak or losing_tracks):
+            return False
+        if not losing_tracks and self._track_parallax_deg(frame) < self.cfg.mapping.min_parallax_deg:
+            # few map points but the tracks cannot be triangulated from here yet: a keyframe now would
+            # only replace the last one (culled as redundant), and the baseline would never grow
+            return False
+        return bool(self.mapper.idle or tracks_left < 0.5 or num_tracked < t.keyframe_min_tracked)
+
+    def _track_parallax_deg(self, frame: Frame) -> float:
+        """Median angle (degrees) between each track's ray at the last keyframe and its ray in ``frame``.
+
+        Rays are compared in the world frame, so rotation alone gives no parallax: this is the angle a
+        point triangulated from the two views would subtend.
+        """
+        kf = self._last_kf
+        if kf is None or frame.T_cw is None or len(self._pts) == 0 or len(kf.features) == 0:
+            return 0.0
+        idx = self._kf_idx
+        ok = (idx >= 0) & (idx < len(kf.features))
+        if not np.any(ok):
+            return 0.0
+        with self.map.lock:
+            R_cw_kf = kf.T_cw[:3, :3].copy()
+        b_kf = self.camera.unproject(kf.features.keypoints[idx[ok]]) @ R_cw_kf  # rows: R_wc b = b R_cw
+        b_now = self.camera.unproject(self._pts[ok]) @ frame.T_cw[:3, :3]
+        cos = np.clip(np.sum(b_kf * b_now, axis=1), -1.0, 1.0)
+        return float(np.degrees(np.median(np.arccos(cos))))
 
     def _make_flow_keyframe(self, frame: Frame, mask: np.ndarray | None) -> None:
         pids_before = frame.point_ids.copy()

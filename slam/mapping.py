@@ -24,6 +24,7 @@ from slam.timing import StageTimer
 log = logging.getLogger(__name__)
 
 CHI2_2DOF = 5.991
+MIN_BA_OBSERVATIONS = 20  # a keyframe seeing fewer points is held fixed in local BA
 
 
 class LocalMapper:
@@ -359,9 +360,17 @@ class LocalMapper:
             kfs = local + fixed_kfs
             if len(kfs) < 2 or not points:
                 return
+            # a keyframe that sees only a handful of the points (made while turning in place into an
+            # unmapped view) is not constrained by them: BA would drag it anywhere, so it stays put
+            seen = {k.id: 0 for k in local}
+            for p in points:
+                for kid in p.observations:
+                    if kid in seen:
+                        seen[kid] += 1
             fixed = np.array([k.id not in local_ids for k in kfs])
             if not np.any(fixed):
                 fixed[min(range(len(kfs)), key=lambda i: kfs[i].id)] = True  # gauge: the oldest keyframe
+            fixed |= np.array([k.id in local_ids and seen[k.id] < MIN_BA_OBSERVATIONS for k in kfs])
             # with only two keyframes, scale is still free; the full BA after initialisation already ran
             if len(the_map.keyframes) <= 2:
                 fixed[:] = True

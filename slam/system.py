@@ -183,6 +183,12 @@ class System:
             "map_points": points,
             "maps": max(maps_used, 1 if keyframes else 0),
             "resets": self.tracker.num_resets,
+            # frames whose pose came from a recovery path rather than from tracked map points
+            "recovered": {
+                "rotation_only": int(self.tracker.num_rotation_only),
+                "two_view": int(getattr(self.tracker, "num_two_view", 0)),
+                "descriptor_fallback": int(getattr(self.tracker, "num_fallbacks", 0)),
+            },
             "wall_s": round(wall_s, 3),
             "fps": round(self.num_frames / wall_s, 3) if wall_s > 0 else 0.0,
             "stage_ms": mean,

@@ -53,8 +53,10 @@ def test_run_writes_every_output_in_the_documented_format(sequences, tmp_path):
     stats = json.loads((out / "stats.json").read_text())
     assert len(traj) == stats["tracked"] and len(kfs) == stats["keyframes"]
     assert set(kfs.timestamps) <= set(np.round(traj.timestamps, 6))
-    for key in ("frames", "tracked", "keyframes", "map_points", "maps", "wall_s", "fps", "stage_ms"):
+    for key in ("frames", "tracked", "keyframes", "map_points", "maps", "wall_s", "fps", "stage_ms", "recovered"):
         assert key in stats
+    assert set(stats["recovered"]) == {"rotation_only", "two_view", "descriptor_fallback"}
+    assert all(0 <= n <= stats["tracked"] for n in stats["recovered"].values())
     for stage in ("extract", "match", "pose", "local_map", "ba"):
         assert stage in stats["stage_ms"], stage
     from slam.viz.ply import read_ply
