@@ -97,7 +97,7 @@ class TrackingConfig:
     max_lost_before_reset: int = 2  # frames lost in a row (relocalisation failing) before a new map is started
     flow_win_size: int = 21
     flow_levels: int = 3
-    flow_fb_threshold_px: float = 1.0
+    flow_fb_threshold_px: float = 1.0  # forward-backward LK check; <= 0 skips the backward pass (half the flow cost)
     flow_iterations: int = 30  # Lucas-Kanade iterations per pyramid level (at most)
     flow_epsilon_px: float = 0.01  # ... or until the update is below this
     flow_min_corner_distance_px: int = 10

@@ -35,7 +35,9 @@ def track_flow(prev_gray: np.ndarray, gray: np.ndarray, pts: np.ndarray, win: in
     Each pyramid level iterates at most ``iterations`` times or until the update is below ``epsilon`` px.
 
     A track is good when LK converged both ways, the backward track returns within ``fb_threshold``
-    pixels, and the new position lies inside the image (and the mask).
+    pixels, and the new position lies inside the image (and the mask). ``fb_threshold <= 0`` skips the
+    backward track (half the cost; outliers are then left to the pose's robust kernel and the mapper's
+    epipolar checks).
     """
     import cv2
 
@@ -50,12 +52,14 @@ def track_flow(prev_gray: np.ndarray, gray: np.ndarray, pts: np.ndarray, win: in
         flags = cv2.OPTFLOW_USE_INITIAL_FLOW
     p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev_gray, gray, p0, p1_init, winSize=(win, win), maxLevel=levels,
                                           criteria=criteria, flags=flags)
-    p0r, st2, _ = cv2.calcOpticalFlowPyrLK(gray, prev_gray, p1, None, winSize=(win, win), maxLevel=levels,
-                                           criteria=criteria)
+    good = st1.ravel() == 1
+    if fb_threshold > 0:
+        p0r, st2, _ = cv2.calcOpticalFlowPyrLK(gray, prev_gray, p1, None, winSize=(win, win), maxLevel=levels,
+                                               criteria=criteria)
+        fb = np.linalg.norm(p0r.reshape(-1, 2) - p0.reshape(-1, 2), axis=1)
+        good &= (st2.ravel() == 1) & (fb < fb_threshold)
     p1 = p1.reshape(-1, 2)
-    fb = np.linalg.norm(p0r.reshape(-1, 2) - p0.reshape(-1, 2), axis=1)
     h, w = gray.shape[:2]
-    good = (st1.ravel() == 1) & (st2.ravel() == 1) & (fb < fb_threshold)
     good &= (p1[:, 0] >= 0) & (p1[:, 1] >= 0) & (p1[:, 0] <= w - 1) & (p1[:, 1] <= h - 1)
     if mask is not None and np.any(good):
         xi = np.clip(np.rint(p1[:, 0]).astype(int), 0, w - 1)

@@ -51,6 +51,22 @@ def test_flow_pair_with_known_motion_recovers_the_pose(tube):
         gt.T_wc[1][:3, 3] - gt.T_wc[0][:3, 3]) + 0.01
 
 
+def test_flow_without_backward_check_keeps_the_same_tracks_where_they_agree(tube):
+    """``fb_threshold <= 0`` skips the backward pass: forward positions are identical, and the checked
+    tracks are a subset of the unchecked ones."""
+    img0 = cv2.imread(str(tube / "rgb" / "000000.png"), cv2.IMREAD_GRAYSCALE)
+    img1 = cv2.imread(str(tube / "rgb" / "000002.png"), cv2.IMREAD_GRAYSCALE)
+    pts0 = detect_corners(img0, None, np.zeros((0, 2)), 400, 8)
+    p_checked, good_checked = track_flow(img0, img1, pts0, 21, 3, 1.0)
+    p_plain, good_plain = track_flow(img0, img1, pts0, 21, 3, 0.0)
+    np.testing.assert_array_equal(p_checked, p_plain)
+    assert good_checked.sum() > 0.5 * len(pts0)
+    assert np.all(good_plain[good_checked])
+    # a backward threshold so tight that hardly any track passes shows the check is applied at all
+    _, good_tight = track_flow(img0, img1, pts0, 21, 3, 1e-4)
+    assert good_tight.sum() < good_checked.sum()
+
+
 @pytest.fixture(scope="module")
 def room(tmp_path_factory):
     return generate("room", tmp_path_factory.mktemp("flow") / "room", frames=60, seed=1, size=(320, 240))
