@@ -392,24 +392,22 @@ def adjust_bundle(the_map: Map, kfs: list[KeyFrame], points: list[MapPoint], fix
 
     with the_map.lock:
         index = {k.id: i for i, k in enumerate(kfs)}
-        obs_kf, obs_pt, obs_uv, obs_w, refs = [], [], [], [], []
-        for j, p in enumerate(points):
-            for kid, idx in p.observations.items():
-                i = index.get(kid)
-                if i is None:
-                    continue
-                k = kfs[i]
-                obs_kf.append(i)
-                obs_pt.append(j)
-                obs_uv.append(k.kp_undist[idx])
-                obs_w.append(k.inv_sigma2[idx])
-                refs.append((p, k))
+        triples = [(i, j, idx) for j, p in enumerate(points) for kid, idx in p.observations.items()
+                   if (i := index.get(kid)) is not None]
+        if not triples:
+            return []
+        obs = np.array(triples, dtype=np.int64).reshape(-1, 3)
+        obs_kf, obs_pt, obs_kp = obs[:, 0], obs[:, 1], obs[:, 2]
+        obs_uv = np.zeros((len(obs), 2))
+        obs_w = np.zeros(len(obs))
+        for i in np.unique(obs_kf):  # gathered one keyframe at a time
+            rows = np.flatnonzero(obs_kf == i)
+            obs_uv[rows] = kfs[i].kp_undist[obs_kp[rows]]
+            obs_w[rows] = kfs[i].inv_sigma2[obs_kp[rows]]
         T = np.array([k.T_cw for k in kfs])
         X = np.array([p.position for p in points])
-    if not obs_kf:
-        return []
     result = bundle_adjust(
-        T, fixed, X, np.array(obs_kf), np.array(obs_pt), np.array(obs_uv), np.array(obs_w),
+        T, fixed, X, obs_kf, obs_pt, obs_uv, obs_w,
         intrinsics, iterations=iterations, abort=abort, deterministic=deterministic,
     )
     with the_map.lock:
@@ -419,8 +417,9 @@ def adjust_bundle(the_map: Map, kfs: list[KeyFrame], points: list[MapPoint], fix
         for p, x in zip(points, result.points_w):
             if not p.bad:
                 p.position = np.array(x)
-        for bad, (p, k) in zip(result.outliers, refs):
-            if bad and not p.bad and k.id in p.observations:
+        for r in np.flatnonzero(result.outliers):
+            p, k = points[obs_pt[r]], kfs[obs_kf[r]]
+            if not p.bad and k.id in p.observations:
                 the_map.erase_observation(p, k)
     return points
 

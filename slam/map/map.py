@@ -106,6 +106,7 @@ class MapPoint:
     visible: int = 1
     found: int = 1
     bad: bool = False
+    descriptor_source: int = 0  # hash of the observations the descriptor was last chosen from (0: never)
 
     @property
     def found_ratio(self) -> float:
@@ -273,14 +274,22 @@ class Map:
                 point.min_distance = float(min_d[j])
 
     def update_point_descriptor(self, point: MapPoint) -> None:
-        """Choose the observation descriptor with the least median distance to the others."""
+        """Choose the observation descriptor with the least median distance to the others.
+
+        Nothing is recomputed while the point's observations are those of the last choice.
+        """
         with self.lock:
+            source = hash(tuple(point.observations.items())) or 1
+            if source == point.descriptor_source:
+                return
+            point.descriptor_source = source
             descs = []
+            binary = False
             for kf_id, idx in point.observations.items():
                 kf = self.keyframes.get(kf_id)
                 if kf is not None and idx < len(kf.features):
                     descs.append(kf.features.descriptors[idx])
-            binary = any(kf.features.binary for kf in self.keyframes.values()) if descs else False
+                    binary = kf.features.binary
         if len(descs) < 3:
             if descs:
                 point.descriptor = descs[-1] if len(descs) == 1 else point.descriptor
