@@ -361,7 +361,8 @@ class FlowTracker(Tracker):
             return False
         x1 = self.camera.normalize(anchor.features.keypoints[rows_kf])
         x2 = self.camera.normalize(self._pts[rows_now])
-        res = initialize_two_view(x1, x2, self.focal, min_parallax_deg=self.cfg.mapping.min_parallax_deg,
+        # twice the triangulation parallax: a shorter baseline gives a poorly scaled, jumping pose
+        res = initialize_two_view(x1, x2, self.focal, min_parallax_deg=2.0 * self.cfg.mapping.min_parallax_deg,
                                   min_triangulated=min_shared, seed=self.cfg.system.seed)
         if res is None or not res.ok:
             return False
@@ -391,16 +392,16 @@ class FlowTracker(Tracker):
                         valid: np.ndarray, anchor: KeyFrame) -> float | None:
         """Map units per two-view unit: from map points among the valid tracks, else the anchor's depth."""
         has = valid & (point_ids >= 0)
-        if np.count_nonzero(has) >= 5:
+        if np.count_nonzero(has) >= 10:
             X, _, ids = self._point_arrays(point_ids[has])
-            if len(ids) >= 5:
+            if len(ids) >= 10:
                 pos = dict(zip(ids.tolist(), X))
                 rows = [r for r, pid in zip(np.flatnonzero(has), point_ids[has]) if int(pid) in pos]
                 Xs = np.array([pos[int(point_ids[r])] for r in rows])
                 z_map = Xs @ T_kf[2, :3] + T_kf[2, 3]
                 z_unit = depth_unit[rows]
                 ok = (z_map > 0) & (z_unit > 0)
-                if np.count_nonzero(ok) >= 5:
+                if np.count_nonzero(ok) >= 10:
                     return float(np.median(z_map[ok] / z_unit[ok]))
         with self.map.lock:
             pts = self.map.points_of([anchor])

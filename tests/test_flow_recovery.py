@@ -1,0 +1,87 @@
+"""Flow front end after a fast turn: the pose from the flow tracks' own two-view geometry with a keyframe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slam.camera import Camera
+from slam.config import load_config
+from slam.features.base import Features
+from slam.geometry.se3 import invert, rotation_angle, so3_exp
+from slam.map.frame import Frame
+from slam.map.map import KeyFrame
+from slam.system import System
+
+N_TRACKS = 400
+N_MAPPED = 15  # fewer than a pose needs (tracking.min_tracked_points), enough to fix the scale
+
+
+def _features(uv: np.ndarray) -> Features:
+    n = len(uv)
+    return Features(keypoints=uv.astype(np.float32), descriptors=np.zeros((n, 32), np.uint8),
+                    octaves=np.zeros(n, np.int32), sizes=np.full(n, 7.0, np.float32),
+                    angles=np.full(n, -1.0, np.float32), responses=np.ones(n, np.float32), binary=True,
+                    scale_factor=1.2)
+
+
+def _project(cam: Camera, T_cw: np.ndarray, X: np.ndarray) -> np.ndarray:
+    return cam.project_ideal(X @ T_cw[:3, :3].T + T_cw[:3, 3])
+
+
+def _setup(motion_T_cw: np.ndarray):
+    """A tracker whose only keyframe (at the origin) shares every flow track with the current frame."""
+    rng = np.random.default_rng(7)
+    cam = Camera(640, 480, 500.0, 500.0, 320.0, 240.0, (0.0, 0.0, 0.0, 0.0, 0.0), "pinhole")
+    cfg = load_config(None, ["system.sync=true", "features.type=orb", "tracking.frontend=hybrid"])
+    system = System(cfg, cam)
+    tracker = system.tracker
+    X = np.c_[rng.uniform(-2.5, 2.5, (N_TRACKS, 2)), rng.uniform(4.0, 9.0, N_TRACKS)]
+    T0 = np.eye(4)
+    uv0 = _project(cam, T0, X)
+    uv1 = _project(cam, motion_T_cw, X) + rng.normal(0, 0.3, (N_TRACKS, 2))
+    the_map = tracker.map
+    kf = KeyFrame(id=the_map.new_keyframe_id(), frame_index=0, timestamp=0.0, T_cw=T0, features=_features(uv0),
+                  kp_undist=uv0.astype(np.float64), inv_sigma2=np.ones(N_TRACKS),
+                  point_ids=np.full(N_TRACKS, -1, np.int64), colors=np.zeros((N_TRACKS, 3), np.uint8),
+                  track_ids=np.arange(N_TRACKS, dtype=np.int64))
+    the_map.add_keyframe(kf)
+    point_ids = np.full(N_TRACKS, -1, np.int64)
+    for j in range(N_MAPPED):
+        point_ids[j] = the_map.create_point(X[j], kf.features.descriptors[j], kf, j).id
+    tracker._last_kf = tracker._ref_kf = kf
+    tracker._pts = uv1.astype(np.float32)
+    tracker._tids = np.arange(N_TRACKS, dtype=np.int64)
+    tracker._kf_idx = np.arange(N_TRACKS, dtype=np.int64)
+    gray = np.zeros((480, 640), np.uint8)
+    frame = Frame(index=5, timestamp=5 / 30, gray=gray, features=_features(np.zeros((0, 2))),
+                  kp_undist=np.zeros((0, 2)), inv_sigma2=np.zeros(0), colors=np.zeros((0, 3), np.uint8),
+                  image=np.zeros((480, 640, 3), np.uint8))
+    return tracker, frame, point_ids
+
+
+def _motion(rot_deg: float, t: tuple[float, float, float]) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :3] = so3_exp(np.radians(rot_deg) * np.array([0.0, 1.0, 0.2]) / np.hypot(1.0, 0.2))
+    T[:3, 3] = t
+    return T
+
+
+def test_pose_from_two_view_motion_of_the_tracks_is_metric_in_the_map():
+    truth = _motion(6.0, (-0.35, 0.05, 0.1))
+    tracker, frame, point_ids = _setup(truth)
+    assert tracker._pose_from_keyframe_motion(frame, point_ids)
+    err = frame.T_cw @ invert(truth)
+    assert np.degrees(rotation_angle(err[:3, :3])) < 0.3
+    c_est, c_true = invert(frame.T_cw)[:3, 3], invert(truth)[:3, 3]
+    assert np.linalg.norm(c_est - c_true) < 0.05 * np.linalg.norm(c_true)  # scale from the mapped tracks
+    assert tracker.num_two_view == 1
+    assert len(frame.point_ids) == len(tracker._pts) and frame.num_matched >= N_MAPPED - 2
+
+
+@pytest.mark.parametrize("t", [(0.0, 0.0, 0.0), (0.002, 0.0, 0.0)])
+def test_no_two_view_pose_without_parallax(t):
+    """A turn in place (or nearly): the tracks cannot place the camera, so rotation-only tracking takes over."""
+    tracker, frame, point_ids = _setup(_motion(8.0, t))
+    assert not tracker._pose_from_keyframe_motion(frame, point_ids)
+    assert tracker.num_two_view == 0
