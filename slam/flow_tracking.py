@@ -290,6 +290,11 @@ class FlowTracker(Tracker):
                     if self._rotation_from_tracks(frame, prev_pts[good], point_ids):
                         force = self._frames_since_kf >= 3
                         return self._finish_tracked(frame, mask, force_keyframe=force, rotation_only=True)
+                with self.timer.stage("two_view"):
+                    # the tracks are no longer explained by a rotation: the camera moves, so a shorter
+                    # baseline is better than losing the view (and starting a map at another scale)
+                    if self._pose_from_keyframe_motion(frame, point_ids, 0.5 * self.cfg.mapping.min_parallax_deg):
+                        return self._finish_tracked(frame, mask, force_keyframe=True)
         if not ok and (self.hybrid or self.state != TRACKING):
             ok = self._descriptor_fallback(frame, mask)
             if ok:
@@ -334,37 +339,42 @@ class FlowTracker(Tracker):
             frame.point_ids[:] = pid_full[sel]
         return True
 
-    def _pose_from_keyframe_motion(self, frame: Frame, point_ids: np.ndarray) -> bool:
+    def _pose_from_keyframe_motion(self, frame: Frame, point_ids: np.ndarray,
+                                   min_parallax_deg: float | None = None) -> bool:
         """The pose from the tracks' own two-view geometry with a recent keyframe, when map points run out.
 
         After a fast turn into unmapped space too few tracks hold map points for a pose, while the flow
-        tracks themselves live on. Once they have parallax, the motion from the oldest recent keyframe
-        that shares enough of them follows from the essential matrix (or homography) of the tracks; its
+        tracks themselves live on. Once they have parallax, the motion from the oldest keyframe that
+        still shares enough of them follows from the essential matrix (or homography) of the tracks; its
         scale from the map points still tracked, else from that keyframe's scene depth. The frame then
         becomes a keyframe, so the mapper triangulates the new view from a real baseline (a keyframe
-        kept at the old centre, as rotation-only tracking does, never gives one).
+        kept at the old centre, as rotation-only tracking does, never gives one). ``min_parallax_deg``
+        (default ``mapping.min_parallax_deg``) is lowered once a rotation no longer explains the tracks.
         """
         from slam.geometry.two_view import initialize_two_view
 
         t = self.tcfg
         min_shared = max(t.init_min_points, 30)
         with self.map.lock:
-            recent = [k for k in self.map.keyframe_list()[-8:] if not k.bad and k.track_ids is not None]
+            recent = [k for k in self.map.keyframe_list()[-30:] if not k.bad and k.track_ids is not None]
         anchor = None
-        for kf in recent:  # oldest first: the longest baseline
+        for kf in reversed(recent):  # back in time while enough tracks are shared: the longest baseline
             common, ia, ib = np.intersect1d(kf.track_ids, self._tids, return_indices=True)
-            if np.count_nonzero(common >= 0) >= min_shared:
-                anchor = kf
-                rows_kf, rows_now = ia[common >= 0], ib[common >= 0]
+            if np.count_nonzero(common >= 0) < min_shared:
                 break
+            anchor = kf
+            rows_kf, rows_now = ia[common >= 0], ib[common >= 0]
         if anchor is None:
             return False
         x1 = self.camera.normalize(anchor.features.keypoints[rows_kf])
         x2 = self.camera.normalize(self._pts[rows_now])
-        # twice the triangulation parallax: a shorter baseline gives a poorly scaled, jumping pose
-        res = initialize_two_view(x1, x2, self.focal, min_parallax_deg=2.0 * self.cfg.mapping.min_parallax_deg,
+        if min_parallax_deg is None:
+            min_parallax_deg = self.cfg.mapping.min_parallax_deg
+        res = initialize_two_view(x1, x2, self.focal, min_parallax_deg=min_parallax_deg,
                                   min_triangulated=min_shared, seed=self.cfg.system.seed)
         if res is None or not res.ok:
+            log.debug("frame %d: no two-view pose from keyframe %d (%d shared tracks)", frame.index, anchor.id,
+                      len(rows_kf))
             return False
         valid = np.asarray(res.valid, bool)
         depth_unit = np.asarray(res.points_1)[:, 2]
@@ -372,6 +382,7 @@ class FlowTracker(Tracker):
             T_kf = anchor.T_cw.copy()
         scale = self._two_view_scale(T_kf, point_ids[rows_now], depth_unit, valid, anchor)
         if scale is None:
+            log.debug("frame %d: two-view motion from keyframe %d has no scale", frame.index, anchor.id)
             return False
         T_21 = np.array(res.T_21, np.float64)
         T_21[:3, 3] *= scale
@@ -392,16 +403,16 @@ class FlowTracker(Tracker):
                         valid: np.ndarray, anchor: KeyFrame) -> float | None:
         """Map units per two-view unit: from map points among the valid tracks, else the anchor's depth."""
         has = valid & (point_ids >= 0)
-        if np.count_nonzero(has) >= 10:
+        if np.count_nonzero(has) >= 5:
             X, _, ids = self._point_arrays(point_ids[has])
-            if len(ids) >= 10:
+            if len(ids) >= 5:
                 pos = dict(zip(ids.tolist(), X))
                 rows = [r for r, pid in zip(np.flatnonzero(has), point_ids[has]) if int(pid) in pos]
                 Xs = np.array([pos[int(point_ids[r])] for r in rows])
                 z_map = Xs @ T_kf[2, :3] + T_kf[2, 3]
                 z_unit = depth_unit[rows]
                 ok = (z_map > 0) & (z_unit > 0)
-                if np.count_nonzero(ok) >= 10:
+                if np.count_nonzero(ok) >= 5:
                     return float(np.median(z_map[ok] / z_unit[ok]))
         with self.map.lock:
             pts = self.map.points_of([anchor])

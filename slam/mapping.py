@@ -133,7 +133,9 @@ class LocalMapper:
                                     break
                         if n_ok >= 3:
                             redundant += 1
-                if total > 0 and redundant > self.mcfg.keyframe_redundancy * total:
+                # a keyframe with only a few points (made while turning into an unmapped view) is not
+                # judged by them: its flow tracks are what later triangulates the view (the baseline)
+                if total >= MIN_BA_OBSERVATIONS and redundant > self.mcfg.keyframe_redundancy * total:
                     parents = [k for k in the_map.best_covisible(nb, 5) if k.id != nb.id]
                     if parents:
                         log.debug("culling redundant keyframe %d", nb.id)
