@@ -372,7 +372,7 @@ class FlowTracker(Tracker):
             min_parallax_deg = self.cfg.mapping.min_parallax_deg
         res = initialize_two_view(x1, x2, self.focal, min_parallax_deg=min_parallax_deg,
                                   min_triangulated=min_shared, seed=self.cfg.system.seed)
-        if res is None or not res.ok:
+        if not res.ok:
             log.debug("frame %d: no two-view pose from keyframe %d (%d shared tracks)", frame.index, anchor.id,
                       len(rows_kf))
             return False
@@ -402,18 +402,13 @@ class FlowTracker(Tracker):
     def _two_view_scale(self, T_kf: np.ndarray, point_ids: np.ndarray, depth_unit: np.ndarray,
                         valid: np.ndarray, anchor: KeyFrame) -> float | None:
         """Map units per two-view unit: from map points among the valid tracks, else the anchor's depth."""
-        has = valid & (point_ids >= 0)
-        if np.count_nonzero(has) >= 5:
-            X, _, ids = self._point_arrays(point_ids[has])
-            if len(ids) >= 5:
-                pos = dict(zip(ids.tolist(), X))
-                rows = [r for r, pid in zip(np.flatnonzero(has), point_ids[has]) if int(pid) in pos]
-                Xs = np.array([pos[int(point_ids[r])] for r in rows])
-                z_map = Xs @ T_kf[2, :3] + T_kf[2, 3]
-                z_unit = depth_unit[rows]
-                ok = (z_map > 0) & (z_unit > 0)
-                if np.count_nonzero(ok) >= 5:
-                    return float(np.median(z_map[ok] / z_unit[ok]))
+        rows = np.flatnonzero(valid & (point_ids >= 0))
+        if len(rows) >= 5:
+            z_map = self._point_positions(point_ids[rows]) @ T_kf[2, :3] + T_kf[2, 3]  # NaN where gone
+            z_unit = depth_unit[rows]
+            ok = (z_map > 0) & (z_unit > 0)
+            if np.count_nonzero(ok) >= 5:
+                return float(np.median(z_map[ok] / z_unit[ok]))
         with self.map.lock:
             pts = self.map.points_of([anchor])
             X = np.array([p.position for p in pts]) if pts else np.zeros((0, 3))
@@ -427,21 +422,25 @@ class FlowTracker(Tracker):
     def _consistent_point_ids(self, frame: Frame, ids: np.ndarray) -> np.ndarray:
         """``ids (N,)`` with -1 where the map point does not reproject within 3 px of its track."""
         out = np.full(len(ids), -1, np.int64)
-        has = np.flatnonzero(ids >= 0)
-        if len(has) == 0:
+        rows = np.flatnonzero(ids >= 0)
+        if len(rows) == 0:
             return out
-        X, _, alive = self._point_arrays(ids[has])
-        pos = dict(zip(alive.tolist(), X))
-        rows = [r for r in has if int(ids[r]) in pos]
-        if not rows:
-            return out
-        Xs = np.array([pos[int(ids[r])] for r in rows])
-        Xc = Xs @ frame.T_cw[:3, :3].T + frame.T_cw[:3, 3]
-        uv = self.camera.project_ideal(Xc)
-        err = np.linalg.norm(uv - frame.kp_undist[rows], axis=1)
-        good = (Xc[:, 2] > 0) & (err < 3.0)
-        out[np.array(rows)[good]] = ids[np.array(rows)[good]]
+        Xc = self._point_positions(ids[rows]) @ frame.T_cw[:3, :3].T + frame.T_cw[:3, 3]
+        with np.errstate(invalid="ignore"):
+            err = np.linalg.norm(self.camera.project_ideal(Xc) - frame.kp_undist[rows], axis=1)
+            good = (Xc[:, 2] > 0) & (err < 3.0)  # False where the point is gone (NaN)
+        out[rows[good]] = ids[rows[good]]
         return out
+
+    def _point_positions(self, ids: np.ndarray) -> np.ndarray:
+        """World positions ``(N, 3)`` of map points ``ids (N,)``, NaN rows for points no longer in the map."""
+        X = np.full((len(ids), 3), np.nan)
+        with self.map.lock:
+            for r, i in enumerate(ids.tolist()):
+                p = self.map.points.get(int(i))
+                if p is not None:
+                    X[r] = p.position
+        return X
 
     def _rotation_from_tracks(self, frame: Frame, prev_pts: np.ndarray, point_ids: np.ndarray) -> bool:
         """The camera turned in place: rotation from the flow tracks themselves, centre kept."""
