@@ -43,6 +43,23 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+#: Modules that tracking and mapping import on first use; :class:`System` loads them up front.
+_HOT_PATH_MODULES = ("slam.geometry.two_view", "slam.features.matching", "slam.optim", "scipy.optimize", "g2opy")
+
+
+def import_hot_path() -> None:
+    """Import the lazily loaded modules of the per-frame path (scipy.optimize alone takes ~1 s), so that
+    start-up pays for them rather than the first frames and the timed run. A missing one is skipped: the
+    code that needs it raises the clear error when it is used."""
+    import importlib
+
+    for name in _HOT_PATH_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            log.debug("import_hot_path: %s not importable", name)
+
+
 @dataclass
 class RunResult:
     """Everything a run produced."""
@@ -63,6 +80,7 @@ class System:
     def __init__(self, cfg: Config, camera: Camera, mask: np.ndarray | None = None) -> None:
         from slam.features.factory import create_extractor
 
+        import_hot_path()
         self.cfg = cfg
         self.camera = camera
         self.device = resolve_device(cfg.system.device)

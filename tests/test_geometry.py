@@ -259,3 +259,14 @@ def test_pnp_recovers_pose_with_outliers():
     assert rot_err_deg(T_b[:3, :3], T_cw[:3, :3]) < 0.2
     # too few points
     assert solve_pnp(Xw[:8], x[:8], FOCAL, min_inliers=10) is None
+
+
+def test_two_view_chi2_constants_are_the_quantiles():
+    from scipy.stats import chi2
+
+    from slam.geometry import two_view
+
+    assert two_view._CHI2_1DOF == pytest.approx(chi2.ppf(0.95, 1), rel=1e-12)
+    assert two_view._CHI2_2DOF == pytest.approx(chi2.ppf(0.95, 2), rel=1e-12)
+    assert two_view._CHI2_1DOF_99 == pytest.approx(chi2.ppf(0.99, 1), rel=1e-12)
+    assert two_view._CHI2_2DOF_99 == pytest.approx(chi2.ppf(0.99, 2), rel=1e-12)
