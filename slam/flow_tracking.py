@@ -22,7 +22,7 @@ from slam.features.photometric import normalize_luminance, to_gray
 from slam.geometry.se3 import invert
 from slam.map.frame import Frame
 from slam.map.map import KeyFrame
-from slam.tracking import INITIALISING, LOST, TRACKING, TrackResult, Tracker
+from slam.tracking import INITIALISING, LOST, TRACKING, FrameRecord, TrackResult, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,9 @@ class FlowTracker(Tracker):
         self._num_tracks_at_kf = 0
         self.num_fallbacks = 0
         self.num_two_view = 0
+        self.num_init_gap = 0
+        # frames between the initialisation reference and the current frame: (index, timestamp, pts, tids)
+        self._init_gap: list[tuple[int, float, np.ndarray, np.ndarray]] = []
 
     # ------------------------------------------------------------------------------------------- frames
     def prepare(self, fd, preprocessor) -> tuple[Frame, np.ndarray | None]:
@@ -193,6 +196,7 @@ class FlowTracker(Tracker):
         if len(self._pts) < t.init_min_matches:
             self._start_init_reference(frame, mask)
             return TrackResult(INITIALISING, None, 0)
+        self._init_gap.append((frame.index, frame.timestamp, self._pts.copy(), self._tids.copy()))
         disp = np.median(np.linalg.norm(self._pts - self._init_pts0, axis=1))
         if disp < 2.0:
             return TrackResult(INITIALISING, None, len(self._pts))
@@ -224,13 +228,58 @@ class FlowTracker(Tracker):
                 self._start_init_reference(frame, mask)
             return TrackResult(INITIALISING, None, len(self._pts))
         self._init_frame = None
+        self._init_gap.pop()  # the current frame: a keyframe of the new map
+        self._localise_init_gap(ref)
         self._reset_tracks_from_keyframe(frame)
         return TrackResult(TRACKING, frame.T_cw, frame.num_matched, new_keyframe=True, map_created=True)
+
+    def _localise_init_gap(self, ref: Frame) -> None:
+        """Give the frames between the two initial keyframes their poses, now that there is a map.
+
+        Each such frame carried the same flow tracks; those that became map points give a motion-only BA
+        (g2o, Huber) started from the pose interpolated between the two keyframes. A frame that does not
+        fit the map (too few inliers) stays without a pose, as before.
+        """
+        from slam.geometry.se3 import so3_exp, so3_log
+        from slam.optim import optimize_pose
+
+        gap, self._init_gap = self._init_gap, []
+        kf1 = self._last_kf
+        with self.map.lock:
+            kf0 = next((k for k in self.map.keyframes.values() if k.frame_index == ref.index), None)
+            if kf0 is None or kf1 is None or not gap:
+                return
+            has_point = kf1.point_ids >= 0
+            tid_to_pos = {int(tid): self.map.points[int(pid)].position.copy()
+                          for tid, pid in zip(kf1.track_ids[has_point], kf1.point_ids[has_point])
+                          if int(pid) in self.map.points}
+            T0, T1 = kf0.T_cw.copy(), kf1.T_cw.copy()
+        span = max(kf1.frame_index - kf0.frame_index, 1)
+        dR = so3_log(T1[:3, :3] @ T0[:3, :3].T)
+        C0, C1 = -T0[:3, :3].T @ T0[:3, 3], -T1[:3, :3].T @ T1[:3, 3]
+        for index, timestamp, pts, tids in gap:
+            rows = [k for k, tid in enumerate(tids.tolist()) if tid in tid_to_pos]
+            if len(rows) < self.tcfg.min_tracked_points:
+                continue
+            X = np.array([tid_to_pos[int(tids[k])] for k in rows])
+            uv = self.camera.undistort_points(pts[rows])
+            a = (index - kf0.frame_index) / span
+            R = so3_exp(a * dR) @ T0[:3, :3]
+            T_guess = np.eye(4)
+            T_guess[:3, :3] = R
+            T_guess[:3, 3] = -R @ ((1 - a) * C0 + a * C1)
+            with self.timer.stage("pose"):
+                res = optimize_pose(T_guess, X, uv, np.ones(len(rows)), self.intrinsics)
+            if res.num_inliers < max(self.tcfg.min_tracked_points, len(rows) // 2):
+                continue
+            self.records.append(FrameRecord(index, timestamp, self.map.id, kf0, res.T_cw @ invert(T0)))
+            self.num_init_gap += 1
 
     def _start_init_reference(self, frame: Frame, mask: np.ndarray | None) -> None:
         t = self.tcfg
         pts = detect_corners(frame.gray, mask, np.zeros((0, 2)), t.flow_max_corners, t.flow_min_corner_distance_px)
         self._init_frame = frame
+        self._init_gap = []
         self._pts = pts
         self._init_pts0 = pts.copy()
         self._tids = self._new_track_ids(len(pts))

@@ -206,6 +206,8 @@ class System:
                 "rotation_only": int(self.tracker.num_rotation_only),
                 "two_view": int(getattr(self.tracker, "num_two_view", 0)),
                 "descriptor_fallback": int(getattr(self.tracker, "num_fallbacks", 0)),
+                # frames between the two keyframes of an initialisation, localised once the map exists
+                "initialisation_gap": int(getattr(self.tracker, "num_init_gap", 0)),
             },
             "wall_s": round(wall_s, 3),
             "fps": round(self.num_frames / wall_s, 3) if wall_s > 0 else 0.0,

@@ -55,7 +55,7 @@ def test_run_writes_every_output_in_the_documented_format(sequences, tmp_path):
     assert set(kfs.timestamps) <= set(np.round(traj.timestamps, 6))
     for key in ("frames", "tracked", "keyframes", "map_points", "maps", "wall_s", "fps", "stage_ms", "recovered"):
         assert key in stats
-    assert set(stats["recovered"]) == {"rotation_only", "two_view", "descriptor_fallback"}
+    assert set(stats["recovered"]) == {"rotation_only", "two_view", "descriptor_fallback", "initialisation_gap"}
     assert all(0 <= n <= stats["tracked"] for n in stats["recovered"].values())
     for stage in ("extract", "match", "pose", "local_map", "ba"):
         assert stage in stats["stage_ms"], stage
