@@ -197,6 +197,7 @@ class FlowTracker(Tracker):
             self._start_init_reference(frame, mask)
             return TrackResult(INITIALISING, None, 0)
         self._init_gap.append((frame.index, frame.timestamp, self._pts.copy(), self._tids.copy()))
+        del self._init_gap[:-t.init_max_frames_gap]  # a camera standing still never initialises: stay bounded
         disp = np.median(np.linalg.norm(self._pts - self._init_pts0, axis=1))
         if disp < 2.0:
             return TrackResult(INITIALISING, None, len(self._pts))
@@ -240,7 +241,7 @@ class FlowTracker(Tracker):
         (g2o, Huber) started from the pose interpolated between the two keyframes. A frame that does not
         fit the map (too few inliers) stays without a pose, as before.
         """
-        from slam.geometry.se3 import so3_exp, so3_log
+        from slam.geometry.se3 import interpolate_pose
         from slam.optim import optimize_pose
 
         gap, self._init_gap = self._init_gap, []
@@ -249,28 +250,21 @@ class FlowTracker(Tracker):
             kf0 = next((k for k in self.map.keyframes.values() if k.frame_index == ref.index), None)
             if kf0 is None or kf1 is None or not gap:
                 return
-            has_point = kf1.point_ids >= 0
-            tid_to_pos = {int(tid): self.map.points[int(pid)].position.copy()
-                          for tid, pid in zip(kf1.track_ids[has_point], kf1.point_ids[has_point])
-                          if int(pid) in self.map.points}
+            rows = np.flatnonzero(kf1.point_ids >= 0)
+            map_X = self._point_positions(kf1.point_ids[rows])
+            in_map = np.isfinite(map_X).all(axis=1)
+            map_X, map_tids = map_X[in_map], kf1.track_ids[rows[in_map]]
             T0, T1 = kf0.T_cw.copy(), kf1.T_cw.copy()
         span = max(kf1.frame_index - kf0.frame_index, 1)
-        dR = so3_log(T1[:3, :3] @ T0[:3, :3].T)
-        C0, C1 = -T0[:3, :3].T @ T0[:3, 3], -T1[:3, :3].T @ T1[:3, 3]
         for index, timestamp, pts, tids in gap:
-            rows = [k for k, tid in enumerate(tids.tolist()) if tid in tid_to_pos]
-            if len(rows) < self.tcfg.min_tracked_points:
+            _, i_gap, i_map = np.intersect1d(tids, map_tids, return_indices=True)
+            if len(i_gap) < self.tcfg.min_tracked_points:
                 continue
-            X = np.array([tid_to_pos[int(tids[k])] for k in rows])
-            uv = self.camera.undistort_points(pts[rows])
-            a = (index - kf0.frame_index) / span
-            R = so3_exp(a * dR) @ T0[:3, :3]
-            T_guess = np.eye(4)
-            T_guess[:3, :3] = R
-            T_guess[:3, 3] = -R @ ((1 - a) * C0 + a * C1)
+            T_guess = interpolate_pose(T0, T1, (index - kf0.frame_index) / span)
             with self.timer.stage("pose"):
-                res = optimize_pose(T_guess, X, uv, np.ones(len(rows)), self.intrinsics)
-            if res.num_inliers < max(self.tcfg.min_tracked_points, len(rows) // 2):
+                res = optimize_pose(T_guess, map_X[i_map], self.camera.undistort_points(pts[i_gap]),
+                                    np.ones(len(i_gap)), self.intrinsics)
+            if res.num_inliers < max(self.tcfg.min_tracked_points, len(i_gap) // 2):
                 continue
             self.records.append(FrameRecord(index, timestamp, self.map.id, kf0, res.T_cw @ invert(T0)))
             self.num_init_gap += 1

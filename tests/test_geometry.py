@@ -270,3 +270,16 @@ def test_two_view_chi2_constants_are_the_quantiles():
     assert two_view._CHI2_2DOF == pytest.approx(chi2.ppf(0.95, 2), rel=1e-12)
     assert two_view._CHI2_1DOF_99 == pytest.approx(chi2.ppf(0.99, 1), rel=1e-12)
     assert two_view._CHI2_2DOF_99 == pytest.approx(chi2.ppf(0.99, 2), rel=1e-12)
+
+
+def test_interpolate_pose_ends_and_midpoint():
+    from slam.geometry.se3 import interpolate_pose
+
+    T0 = make_T(so3_exp([0.0, 0.1, 0.0]), [0.2, 0.0, 0.0])
+    T1 = make_T(so3_exp([0.0, 0.5, 0.0]), [0.0, 0.1, 1.0])
+    np.testing.assert_allclose(interpolate_pose(T0, T1, 0.0), T0, atol=1e-12)
+    np.testing.assert_allclose(interpolate_pose(T0, T1, 1.0), T1, atol=1e-12)
+    mid = interpolate_pose(T0, T1, 0.5)
+    assert rotation_angle(mid[:3, :3] @ T0[:3, :3].T) == pytest.approx(0.2, abs=1e-9)
+    centre = lambda T: invert(T)[:3, 3]  # noqa: E731
+    np.testing.assert_allclose(centre(mid), 0.5 * (centre(T0) + centre(T1)), atol=1e-12)

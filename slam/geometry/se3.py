@@ -56,6 +56,15 @@ def so3_log(R: np.ndarray) -> np.ndarray:
     return rvec.reshape(3)
 
 
+def interpolate_pose(T0_cw: np.ndarray, T1_cw: np.ndarray, a: float) -> np.ndarray:
+    """World-to-camera pose a fraction ``a`` of the way from ``T0_cw`` to ``T1_cw`` (both ``(4, 4)``): the
+    rotation along the geodesic, the camera centre along the straight line between the two centres."""
+    R0, R1 = T0_cw[:3, :3], T1_cw[:3, :3]
+    R = so3_exp(a * so3_log(R1 @ R0.T)) @ R0
+    c0, c1 = -R0.T @ T0_cw[:3, 3], -R1.T @ T1_cw[:3, 3]
+    return make_T(R, -R @ ((1.0 - a) * c0 + a * c1))
+
+
 def rotation_angle(R: np.ndarray) -> float:
     """Rotation angle in radians of a 3x3 rotation matrix."""
     c = (np.trace(R[:3, :3]) - 1.0) / 2.0
