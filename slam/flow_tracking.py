@@ -541,7 +541,7 @@ class FlowTracker(Tracker):
         self._begin_tracked(frame, last)
         new_kf = force_keyframe or self._need_flow_keyframe(frame, frame.num_matched)
         if new_kf:
-            self._make_flow_keyframe(frame, mask)
+            self._make_flow_keyframe(frame, mask, rotation_only)
         else:
             self._prev_gray = frame.gray
         return self._end_tracked(frame, last, rotation_only, new_kf)
@@ -585,7 +585,7 @@ class FlowTracker(Tracker):
         cos = np.clip(np.sum(b_kf * b_now, axis=1), -1.0, 1.0)
         return float(np.degrees(np.median(np.arccos(cos))))
 
-    def _make_flow_keyframe(self, frame: Frame, mask: np.ndarray | None) -> None:
+    def _make_flow_keyframe(self, frame: Frame, mask: np.ndarray | None, rotation_only: bool = False) -> None:
         pids_before = frame.point_ids.copy()
         tids_before = frame.track_ids.copy() if frame.track_ids is not None else self._new_track_ids(len(frame.features))
         if frame.features.descriptors.shape[1] == 0:
@@ -595,7 +595,7 @@ class FlowTracker(Tracker):
             inside = kept < len(pids_before)
             pid[inside] = pids_before[kept[inside]]
             frame.point_ids = pid
-        self._insert_keyframe(frame)
+        self._insert_keyframe(frame, rotation_only)
         self._reset_tracks_from_keyframe(frame)
 
 

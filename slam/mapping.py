@@ -373,6 +373,9 @@ class LocalMapper:
             if not np.any(fixed):
                 fixed[min(range(len(kfs)), key=lambda i: kfs[i].id)] = True  # gauge: the oldest keyframe
             fixed |= np.array([k.id in local_ids and seen[k.id] < MIN_BA_OBSERVATIONS for k in kfs])
+            # a keyframe made while turning in place keeps the centre tracked before the turn: the points
+            # it sees all lie in the new view, so BA would shift it (and the new view with it) freely
+            fixed |= np.array([k.rotation_only for k in kfs])
             # with only two keyframes, scale is still free; the full BA after initialisation already ran
             if len(the_map.keyframes) <= 2:
                 fixed[:] = True

@@ -285,9 +285,10 @@ class Tracker:
         weak = num_tracked < t.keyframe_tracked_ratio * self._tracked_at_last_kf or num_tracked < t.keyframe_min_tracked
         return bool(weak and (self.mapper.idle or since >= 3 or num_tracked < t.keyframe_min_tracked))
 
-    def _insert_keyframe(self, frame: Frame) -> KeyFrame:
+    def _insert_keyframe(self, frame: Frame, rotation_only: bool = False) -> KeyFrame:
         with self.map.lock:
             kf = self._make_keyframe(frame, frame.T_cw)
+            kf.rotation_only = rotation_only
             for idx in np.flatnonzero(frame.point_ids >= 0):
                 p = self.map.points.get(int(frame.point_ids[idx]))
                 if p is None or p.bad:
@@ -336,7 +337,7 @@ class Tracker:
         num = frame.num_matched
         new_kf = False
         if self._need_keyframe(frame, num) or (rotation_only and self._frames_since_kf >= 4):
-            self._insert_keyframe(frame)
+            self._insert_keyframe(frame, rotation_only)
             new_kf = True
         return self._end_tracked(frame, last, rotation_only, new_kf)
 

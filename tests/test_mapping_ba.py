@@ -1,4 +1,4 @@
-"""Local BA in the mapper: well-observed keyframes are refined, a keyframe that sees a handful of points stays put."""
+"""Local BA in the mapper: well-observed keyframes are refined; a keyframe that sees a handful of points, or one made while turning in place, stays put."""
 
 from __future__ import annotations
 
@@ -61,5 +61,32 @@ def test_local_ba_holds_a_weakly_observed_keyframe_and_refines_the_others():
     mapper._local_ba(m, kfs[2])
 
     assert np.array_equal(kfs[3].T_cw, weak_before)
+    err_after = np.linalg.norm(invert(kfs[2].T_cw)[:3, 3] - invert(truth[2])[:3, 3])
+    assert err_after < 0.1 * err_before, (err_before, err_after)
+
+
+def test_local_ba_keeps_a_keyframe_made_while_turning_in_place():
+    """Its centre is the one tracked before the turn; BA must not shift it with the new view's points."""
+    rng = np.random.default_rng(4)
+    cam = _camera()
+    X = np.c_[rng.uniform(-2, 2, (300, 2)), rng.uniform(4, 8, 300)]
+    truth = [_pose(np.array([0.3 * i, 0.0, 0.0])) for i in range(4)]
+    m = Map(0)
+    kfs = [_keyframe(m, cam, T, X) for T in truth]
+    many = 3 * MIN_BA_OBSERVATIONS  # enough points that only the flag holds it
+    for j, x in enumerate(X):
+        observers = kfs[:3] + ([kfs[3]] if j < many else [])
+        p = m.create_point(x, kfs[0].features.descriptors[j], observers[0], j)
+        for kf in observers[1:]:
+            m.add_observation(p, kf, j)
+    kfs[3].rotation_only = True
+    turned_before = kfs[3].T_cw.copy()
+    kfs[2].T_cw = _pose(np.array([0.6 + 0.05, 0.04, 0.03]))
+    err_before = np.linalg.norm(invert(kfs[2].T_cw)[:3, 3] - invert(truth[2])[:3, 3])
+
+    mapper = LocalMapper(load_config(None, ["system.sync=true"]), cam, lambda: m)
+    mapper._local_ba(m, kfs[2])
+
+    assert np.array_equal(kfs[3].T_cw, turned_before)
     err_after = np.linalg.norm(invert(kfs[2].T_cw)[:3, 3] - invert(truth[2])[:3, 3])
     assert err_after < 0.1 * err_before, (err_before, err_after)

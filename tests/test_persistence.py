@@ -43,7 +43,7 @@ def _random_keyframe(rng, m: Map, n: int, binary: bool, with_tracks: bool) -> Ke
         T_cw=_random_pose(rng), features=feats, kp_undist=feats.keypoints.astype(np.float64) + rng.normal(size=(n, 2)),
         inv_sigma2=1.0 / scale ** (2 * octaves.astype(np.float64)), point_ids=np.full(n, -1, np.int64),
         colors=rng.integers(0, 256, size=(n, 3), dtype=np.uint8),
-        track_ids=rng.integers(0, 1_000_000, size=n) if with_tracks else None,
+        track_ids=rng.integers(0, 1_000_000, size=n) if with_tracks else None, rotation_only=bool(rng.random() < 0.5),
     )
     m.add_keyframe(kf)
     return kf
@@ -93,7 +93,7 @@ def _assert_array_same(a, b, what: str) -> None:
 
 def _assert_keyframe_same(a: KeyFrame, b: KeyFrame) -> None:
     w = f"keyframe {a.id}"
-    assert (a.id, a.frame_index, a.timestamp, a.bad) == (b.id, b.frame_index, b.timestamp, b.bad), w
+    assert (a.id, a.frame_index, a.timestamp, a.bad, a.rotation_only) == (b.id, b.frame_index, b.timestamp, b.bad, b.rotation_only), w
     assert (a.features.binary, a.features.scale_factor) == (b.features.binary, b.features.scale_factor), w
     for name in ("keypoints", "descriptors", "octaves", "sizes", "angles", "responses"):
         _assert_array_same(getattr(a.features, name), getattr(b.features, name), f"{w} {name}")

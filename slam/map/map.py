@@ -37,6 +37,8 @@ class KeyFrame:
         point_ids: ``(N,)`` int64 id of the observed map point, ``-1`` for none.
         colors: ``(N, 3)`` uint8 image colour at each keypoint (RGB).
         bad: culled; its pose then follows ``parent`` through ``T_c_parent``.
+        rotation_only: made while the camera turned in place, so its centre is the one tracked before the
+            turn; local BA keeps its pose (the few points it sees cannot place it better).
     """
 
     id: int
@@ -52,6 +54,7 @@ class KeyFrame:
     parent: "KeyFrame | None" = None
     T_c_parent: np.ndarray | None = None
     track_ids: np.ndarray | None = None  # flow front end: id of the optical-flow track of each keypoint
+    rotation_only: bool = False
 
     @property
     def T_wc(self) -> np.ndarray:

@@ -129,6 +129,7 @@ def _map_arrays(m: Map, prefix: str) -> dict:
     out["kf_binary"] = np.array([kf.features.binary for kf in kfs], dtype=bool)
     out["kf_scale_factor"] = np.array([kf.features.scale_factor for kf in kfs], dtype=np.float64)
     out["kf_has_track_ids"] = np.array([kf.track_ids is not None for kf in kfs], dtype=bool)
+    out["kf_rotation_only"] = np.array([kf.rotation_only for kf in kfs], dtype=bool)
     for name in _KF_FIELDS:
         arrays = [_kf_field(kf, name) for kf in kfs]
         if name == "track_ids":
@@ -246,6 +247,7 @@ def _load_map(data, prefix: str) -> Map:
     T_cw, T_c_parent = d["kf_T_cw"], d["kf_T_c_parent"]
     has_tcp, has_tracks = d["kf_has_T_c_parent"].tolist(), d["kf_has_track_ids"].tolist()
     bad, binary, scale = d["kf_bad"].tolist(), d["kf_binary"].tolist(), d["kf_scale_factor"].tolist()
+    rotation_only = d["kf_rotation_only"].tolist() if "kf_rotation_only" in d else [False] * n  # older files
     kfs = []
     for k in range(n):
         features = Features(
@@ -257,7 +259,7 @@ def _load_map(data, prefix: str) -> Map:
             T_cw=T_cw[k].copy(), features=features, kp_undist=fields["kp_undist"][k],
             inv_sigma2=fields["inv_sigma2"][k], point_ids=fields["point_ids"][k], colors=fields["colors"][k],
             bad=bool(bad[k]), T_c_parent=T_c_parent[k].copy() if has_tcp[k] else None,
-            track_ids=fields["track_ids"][k] if has_tracks[k] else None,
+            track_ids=fields["track_ids"][k] if has_tracks[k] else None, rotation_only=bool(rotation_only[k]),
         ))
     by_id = {kf.id: kf for kf in kfs}
     for kf, pid in zip(kfs, d["kf_parent_id"].tolist()):
@@ -299,6 +301,9 @@ class _Prefixed:
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self._data[self._prefix + key]
+
+    def __contains__(self, key: str) -> bool:
+        return self._prefix + key in self._data
 
 
 def load_maps(path: str | Path) -> tuple[list[Map], Camera, dict | None]:
