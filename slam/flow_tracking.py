@@ -110,6 +110,8 @@ class FlowTracker(Tracker):
         self.num_fallbacks = 0
         self.num_two_view = 0
         self.num_init_gap = 0
+        # frames whose two-view scale came from the scene depth alone (no map point seen on both sides)
+        self.scale_guess_frames: list[int] = []
         # frames between the initialisation reference and the current frame: (index, timestamp, pts, tids)
         self._init_gap: list[tuple[int, float, np.ndarray, np.ndarray]] = []
 
@@ -423,7 +425,7 @@ class FlowTracker(Tracker):
         depth_unit = np.asarray(res.points_1)[:, 2]
         with self.map.lock:
             T_kf = anchor.T_cw.copy()
-        scale = self._two_view_scale(T_kf, point_ids[rows_now], depth_unit, valid, anchor)
+        scale, from_points = self._two_view_scale(T_kf, point_ids[rows_now], depth_unit, valid, anchor)
         if scale is None:
             log.debug("frame %d: two-view motion from keyframe %d has no scale", frame.index, anchor.id)
             return False
@@ -438,20 +440,29 @@ class FlowTracker(Tracker):
         self._set_keypoints(frame, self._flow_features(self._pts), self._tids)
         frame.point_ids = self._consistent_point_ids(frame, ids)
         self.num_two_view += 1
+        if not from_points:
+            self.scale_guess_frames.append(int(frame.index))
+            log.warning("frame %d: no map point is seen both before and after this motion; the new view's "
+                        "scale is taken from the scene depth at keyframe %d, so the map's scale may jump here",
+                        frame.index, anchor.id)
         log.debug("frame %d: pose from two-view motion of %d tracks since keyframe %d (scale %.3g)",
                   frame.index, int(valid.sum()), anchor.id, scale)
         return True
 
     def _two_view_scale(self, T_kf: np.ndarray, point_ids: np.ndarray, depth_unit: np.ndarray,
-                        valid: np.ndarray, anchor: KeyFrame) -> float | None:
-        """Map units per two-view unit: from map points among the valid tracks, else the anchor's depth."""
+                        valid: np.ndarray, anchor: KeyFrame) -> tuple[float | None, bool]:
+        """Map units per two-view unit, and whether map points gave it.
+
+        The scale comes from map points among the valid tracks; without five of them it is unobservable,
+        and the anchor's median scene depth (or the recent one) stands in for the new view's: a guess.
+        """
         rows = np.flatnonzero(valid & (point_ids >= 0))
         if len(rows) >= 5:
             z_map = self._point_positions(point_ids[rows]) @ T_kf[2, :3] + T_kf[2, 3]  # NaN where gone
             z_unit = depth_unit[rows]
             ok = (z_map > 0) & (z_unit > 0)
             if np.count_nonzero(ok) >= 5:
-                return float(np.median(z_map[ok] / z_unit[ok]))
+                return float(np.median(z_map[ok] / z_unit[ok])), True
         with self.map.lock:
             pts = self.map.points_of([anchor])
             X = np.array([p.position for p in pts]) if pts else np.zeros((0, 3))
@@ -459,8 +470,8 @@ class FlowTracker(Tracker):
         z = z[z > 0]
         d_map = float(np.median(z)) if len(z) >= 10 else self._recent_depth
         if d_map is None or not np.any(valid):
-            return None
-        return float(d_map / np.median(depth_unit[valid]))
+            return None, False
+        return float(d_map / np.median(depth_unit[valid])), False
 
     def _consistent_point_ids(self, frame: Frame, ids: np.ndarray) -> np.ndarray:
         """``ids (N,)`` with -1 where the map point does not reproject within 3 px of its track."""

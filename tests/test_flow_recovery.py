@@ -76,7 +76,21 @@ def test_pose_from_two_view_motion_of_the_tracks_is_metric_in_the_map():
     c_est, c_true = invert(frame.T_cw)[:3, 3], invert(truth)[:3, 3]
     assert np.linalg.norm(c_est - c_true) < 0.05 * np.linalg.norm(c_true)  # scale from the mapped tracks
     assert tracker.num_two_view == 1
+    assert tracker.scale_guess_frames == []  # the scale was observed, not guessed
     assert len(frame.point_ids) == len(tracker._pts) and frame.num_matched >= N_MAPPED - 2
+
+
+def test_two_view_scale_without_shared_map_points_is_reported_as_a_guess():
+    """No tracked map point spans the motion: the scale comes from the keyframe's scene depth, flagged."""
+    truth = _motion(6.0, (-0.35, 0.05, 0.1))
+    tracker, frame, point_ids = _setup(truth)
+    point_ids[:] = -1  # the tracks lost their map points (a turn into an unmapped view)
+    assert tracker._pose_from_keyframe_motion(frame, point_ids)
+    assert tracker.scale_guess_frames == [frame.index]
+    c_est, c_true = invert(frame.T_cw)[:3, 3], invert(truth)[:3, 3]
+    cos = c_est @ c_true / (np.linalg.norm(c_est) * np.linalg.norm(c_true))
+    assert cos > 0.99  # the direction is observed; only the length is a guess
+    assert 0.5 < np.linalg.norm(c_est) / np.linalg.norm(c_true) < 2.0
 
 
 @pytest.mark.parametrize("t", [(0.0, 0.0, 0.0), (0.002, 0.0, 0.0)])
