@@ -125,6 +125,20 @@ def test_report_survives_broken_inputs(tmp_path):
     assert len(_images(page)) == 2  # trajectory without ground truth and stage timing
 
 
+def test_report_of_a_run_that_tracked_nothing_is_quiet(tmp_path, caplog):
+    """No motion (a static camera): empty trajectory files are a normal outcome, noted, not warned about."""
+    (tmp_path / "trajectory.txt").write_text("# timestamp tx ty tz qx qy qz qw\n")
+    (tmp_path / "keyframes.txt").write_text("")
+    (tmp_path / "states.txt").write_text("# index timestamp state tracked_points\n"
+                                         + "".join(f"{i} {i / 20:.6f} initialising 0\n" for i in range(40)))
+    (tmp_path / "stats.json").write_text(json.dumps({"frames": 40, "tracked": 0, "keyframes": 0, "maps": 0}))
+    with caplog.at_level("WARNING", logger="slam.report"):
+        page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "trajectory.txt holds no poses (nothing was tracked)" in page
+    assert "could not be read" not in page
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_report_refuses_non_run_folders(tmp_path):
     with pytest.raises(InputError, match="not found"):
         write_report(tmp_path / "missing")
