@@ -14,6 +14,10 @@ class InputError(SlamError):
     """An input file or folder is missing, empty or malformed."""
 
 
+class EmptyTrajectoryError(InputError):
+    """A trajectory file holds no poses (a run that tracked nothing writes one)."""
+
+
 class CalibrationError(InputError):
     """A calibration file is missing, unparsable or physically impossible."""
 

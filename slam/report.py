@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slam.errors import DependencyError, InputError, SlamError
+from slam.errors import DependencyError, EmptyTrajectoryError, InputError, SlamError
 from slam.evaluation.trajectory import Trajectory, read_tum, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -82,15 +82,6 @@ def read_states(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     return index, stamps, states, tracked
 
 
-def _has_no_data(path: Path) -> bool:
-    """True for a text file with nothing but blank lines and ``#`` comments (an empty trajectory)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return all(not line.strip() or line.lstrip().startswith("#") for line in fh)
-    except OSError:
-        return False
-
-
 def load_run(run_dir: str | Path) -> RunFiles:
     """Read every report input of ``run_dir``; InputError when it is not a run folder at all."""
     run_dir = Path(run_dir)
@@ -102,12 +93,12 @@ def load_run(run_dir: str | Path) -> RunFiles:
         path = run_dir / name
         if not path.is_file():
             return None
-        if name in ("trajectory.txt", "keyframes.txt") and _has_no_data(path):
-            run.notes.append(f"{name} holds no poses (nothing was tracked)")  # a normal outcome, not an error
-            return None
         try:
             return reader(path)
         except (SlamError, ValueError, OSError) as exc:
+            if isinstance(exc, EmptyTrajectoryError) and name in ("trajectory.txt", "keyframes.txt"):
+                run.notes.append(f"{name} holds no poses (nothing was tracked)")  # a normal outcome, not an error
+                return None
             run.notes.append(f"{name} could not be read: {exc}")
             log.warning("report: %s could not be read: %s", path, exc)
             return None

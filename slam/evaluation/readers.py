@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slam.errors import InputError
+from slam.errors import EmptyTrajectoryError, InputError
 from slam.evaluation.trajectory import Trajectory, read_tum
 from slam.geometry.se3 import quat_to_rot
 
@@ -56,7 +56,7 @@ def _parse_rows(path: Path, lines: list[tuple[int, str]], sep: str | None, ncols
         except ValueError as exc:
             raise InputError(f"{path}:{lineno}: not a number in {line!r}") from exc
     if not rows:
-        raise InputError(f"{path}: trajectory file has no poses")
+        raise EmptyTrajectoryError(f"{path}: trajectory file has no poses")
     data = np.asarray(rows, dtype=np.float64)
     if not np.all(np.isfinite(data)):
         raise InputError(f"{path}: trajectory contains NaN or infinite values")
@@ -132,7 +132,7 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     lines = _data_lines(path)
     if not lines:
-        raise InputError(f"{path}: trajectory file has no poses")
+        raise EmptyTrajectoryError(f"{path}: trajectory file has no poses")
     lineno, line = lines[0]
     if "," in line:
         parts = [p.strip() for p in line.split(",") if p.strip()]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slam.errors import InputError
+from slam.errors import EmptyTrajectoryError, InputError
 from slam.geometry.se3 import quat_to_rot, rot_to_quat
 
 
@@ -69,7 +69,7 @@ def read_tum(path: str | Path) -> Trajectory:
         except ValueError as exc:
             raise InputError(f"{path}:{lineno}: not a number in {line!r}") from exc
     if not rows:
-        raise InputError(f"{path}: trajectory file has no poses")
+        raise EmptyTrajectoryError(f"{path}: trajectory file has no poses")
     data = np.asarray(rows)
     if not np.all(np.isfinite(data)):
         raise InputError(f"{path}: trajectory contains NaN or infinite values")
