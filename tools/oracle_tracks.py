@@ -12,11 +12,11 @@ its ground-truth 3D point (lifted from the sequence's depth image where the trac
     drift-across RATE      an error growing RATE px per frame of track age, across the translational flow,
     drift-along RATE       ... or along it (random sign per track)
 
-The sequence needs depth: ``slam synth tube DIR --seed 1 -o depth=true``. The tracker is patched in this
-process only (``FlowTracker._carry``); nothing in the library changes. Example::
+The sequence needs depth: ``slam synth tube DIR --seed 1 -o depth=true``. Arguments after the four below
+go to ``slam run``. ``FlowTracker`` is patched for that one run (``_carry``, ``_reset_tracks_from_keyframe``)
+and restored afterwards; nothing in the library changes. ``OUT/eval.json`` holds the ATE. Example::
 
     python tools/oracle_tracks.py /tmp/tube1 runs/oracle_exact exact 0 --sync
-    slam eval runs/oracle_exact/trajectory.txt /tmp/tube1/groundtruth.txt
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ class TrackOracle:
         from slam.evaluation.trajectory import read_tum
         from slam.sources.calib import load_calibration
 
-        first = cv2.imread(str(next(iter(sorted((seq / "rgb").glob("*.png"))))))
+        images = sorted((seq / "rgb").glob("*.png"))
+        first = cv2.imread(str(images[0])) if images else None
         if first is None or not (seq / "depth").is_dir():
             raise SystemExit(f"{seq}: needs rgb/ and depth/ (synthesise it with -o depth=true)")
         h, w = first.shape[:2]
@@ -72,13 +73,12 @@ class TrackOracle:
             for k, x, good in zip(new, X, ok):
                 self.points[int(tids[k])] = x if good else None
         T_cw = np.linalg.inv(self.T_wc[index])
+        X_w = np.array([np.full(3, np.nan) if (x := self.points[t]) is None else x for t in tids.tolist()])
+        X_c = X_w.reshape(-1, 3) @ T_cw[:3, :3].T + T_cw[:3, 3]
+        with np.errstate(invalid="ignore"):
+            ahead = X_c[:, 2] > 0.05  # False where the point has no depth (NaN)
         q = np.full((len(tids), 2), np.nan)
-        for k, t in enumerate(tids.tolist()):
-            x = self.points[t]
-            if x is not None:
-                x_c = T_cw[:3, :3] @ x + T_cw[:3, 3]
-                if x_c[2] > 0.05:
-                    q[k] = self.camera.project(x_c[None])[0]
+        q[ahead] = self.camera.project(X_c[ahead])
         # direction of the translational flow: where the ray would go under the rotation alone
         R_rel = T_cw[:3, :3] @ self.T_wc[prev_index][:3, :3]
         q_rot = self.camera.project(self.camera.unproject(prev_uv.astype(np.float64)) @ R_rel.T)
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     flow.FlowTracker._reset_tracks_from_keyframe = oracle_reset
     try:
         return slam_main(["run", str(args.sequence), "--out", args.out, *run_args])
-    finally:  # the patch lives only for this run (the tests call main() in their own process)
+    finally:  # restore the tracker: main() may be called again in the same process (the tests do)
         flow.FlowTracker._carry = carry
         flow.FlowTracker._reset_tracks_from_keyframe = reset
 
