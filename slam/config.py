@@ -100,6 +100,9 @@ class TrackingConfig:
     flow_fb_threshold_px: float = 1.0  # forward-backward LK check; <= 0 skips the backward pass (half the flow cost)
     flow_iterations: int = 30  # Lucas-Kanade iterations per pyramid level (at most)
     flow_epsilon_px: float = 0.01  # ... or until the update is below this
+    # pyramid levels searched for a track whose position is predicted (motion model, or its last step);
+    # it is searched again with all flow_levels when that fails; < 0: always all levels
+    flow_guess_levels: int = 1
     flow_min_corner_distance_px: int = 10
     flow_max_corners: int = 1000
 

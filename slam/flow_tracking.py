@@ -27,38 +27,78 @@ from slam.tracking import INITIALISING, LOST, TRACKING, FrameRecord, TrackResult
 log = logging.getLogger(__name__)
 
 
+class _PyramidalLK:
+    """``cv2.calcOpticalFlowPyrLK`` on ``(N, 2)`` arrays: returns positions ``(N, 2)`` and a converged bool."""
+
+    def __init__(self, win: int, iterations: int, epsilon: float) -> None:
+        import cv2
+
+        self._cv2 = cv2
+        self.win = (int(win), int(win))
+        self.criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, int(iterations), float(epsilon))
+
+    def __call__(self, img0: np.ndarray, img1: np.ndarray, pts: np.ndarray, start: np.ndarray | None,
+                 max_level: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(pts) == 0:
+            return np.zeros((0, 2), np.float32), np.zeros(0, bool)
+        cv2 = self._cv2
+        a = np.ascontiguousarray(pts, np.float32).reshape(-1, 1, 2)
+        b = None if start is None else np.ascontiguousarray(start, np.float32).reshape(-1, 1, 2).copy()
+        flags = 0 if start is None else cv2.OPTFLOW_USE_INITIAL_FLOW
+        p, st, _ = cv2.calcOpticalFlowPyrLK(img0, img1, a, b, winSize=self.win, maxLevel=int(max_level),
+                                            criteria=self.criteria, flags=flags)
+        return p.reshape(-1, 2), st.ravel() == 1
+
+
+def _track_checked(lk: _PyramidalLK, img0: np.ndarray, img1: np.ndarray, p0: np.ndarray, start: np.ndarray | None,
+                   search_levels: int, levels: int, fb_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Forward LK from ``start`` on ``search_levels``, then (``fb_threshold > 0``) the backward check from
+    scratch on ``levels``."""
+    p1, good = lk(img0, img1, p0, start, search_levels)
+    if fb_threshold > 0:
+        p0r, back = lk(img1, img0, p1, None, levels)
+        good &= back & (np.linalg.norm(p0r - p0, axis=1) < fb_threshold)
+    return p1, good
+
+
 def track_flow(prev_gray: np.ndarray, gray: np.ndarray, pts: np.ndarray, win: int, levels: int,
                fb_threshold: float, mask: np.ndarray | None = None, guess: np.ndarray | None = None,
-               iterations: int = 30, epsilon: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+               iterations: int = 30, epsilon: float = 0.01,
+               guess_levels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Carry ``pts (N, 2)`` from ``prev_gray`` to ``gray``; returns new positions and a ``(N,)`` bool of good tracks.
 
     Each pyramid level iterates at most ``iterations`` times or until the update is below ``epsilon`` px.
+    ``guess (N, 2)`` predicts where each track lands (NaN rows: no prediction, search from the old
+    position). With ``guess_levels`` below ``levels``, predicted tracks search only that many pyramid
+    levels above the image (a good prediction needs no coarse search; this is most of the forward cost),
+    and those that fail there (or fail the backward check) are searched again from scratch with all levels.
 
-    A track is good when LK converged both ways, the backward track returns within ``fb_threshold``
-    pixels, and the new position lies inside the image (and the mask). ``fb_threshold <= 0`` skips the
-    backward track (half the cost; outliers are then left to the pose's robust kernel and the mapper's
-    epipolar checks).
+    A track is good when LK converged both ways, the backward track (from scratch, all levels) returns
+    within ``fb_threshold`` pixels, and the new position lies inside the image (and the mask).
+    ``fb_threshold <= 0`` skips the backward track (half the cost; outliers are then left to the pose's
+    robust kernel and the mapper's epipolar checks).
     """
-    import cv2
-
     if len(pts) == 0:
         return np.zeros((0, 2), np.float32), np.zeros(0, bool)
-    p0 = np.ascontiguousarray(pts, dtype=np.float32).reshape(-1, 1, 2)
-    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, int(iterations), float(epsilon))
-    flags = 0
-    p1_init = None
+    p0 = np.ascontiguousarray(pts, dtype=np.float32).reshape(-1, 2)
+    n = len(p0)
+    lk = _PyramidalLK(win, iterations, epsilon)
+    predicted = np.zeros(n, bool)
     if guess is not None:
-        p1_init = np.ascontiguousarray(guess, dtype=np.float32).reshape(-1, 1, 2).copy()
-        flags = cv2.OPTFLOW_USE_INITIAL_FLOW
-    p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev_gray, gray, p0, p1_init, winSize=(win, win), maxLevel=levels,
-                                          criteria=criteria, flags=flags)
-    good = st1.ravel() == 1
-    if fb_threshold > 0:
-        p0r, st2, _ = cv2.calcOpticalFlowPyrLK(gray, prev_gray, p1, None, winSize=(win, win), maxLevel=levels,
-                                               criteria=criteria)
-        fb = np.linalg.norm(p0r.reshape(-1, 2) - p0.reshape(-1, 2), axis=1)
-        good &= (st2.ravel() == 1) & (fb < fb_threshold)
-    p1 = p1.reshape(-1, 2)
+        guess = np.asarray(guess, np.float32).reshape(-1, 2)
+        predicted = np.isfinite(guess).all(axis=1)
+    short = levels if guess_levels is None else min(int(guess_levels), levels)
+    if guess is None or short >= levels:
+        start = None if guess is None else np.where(predicted[:, None], guess, p0)
+        p1, good = _track_checked(lk, prev_gray, gray, p0, start, levels, levels, fb_threshold)
+    else:
+        p1 = p0.copy()
+        good = np.zeros(n, bool)
+        rows = np.flatnonzero(predicted)
+        p1[rows], good[rows] = _track_checked(lk, prev_gray, gray, p0[rows], guess[rows], short, levels,
+                                              fb_threshold)
+        rows = np.flatnonzero(~good)  # no prediction, or lost in the short search: search from scratch
+        p1[rows], good[rows] = _track_checked(lk, prev_gray, gray, p0[rows], None, levels, levels, fb_threshold)
     h, w = gray.shape[:2]
     good &= (p1[:, 0] >= 0) & (p1[:, 1] >= 0) & (p1[:, 0] <= w - 1) & (p1[:, 1] <= h - 1)
     if mask is not None and np.any(good):
@@ -104,6 +144,7 @@ class FlowTracker(Tracker):
         self._pts = np.zeros((0, 2), np.float32)
         self._tids = np.zeros(0, np.int64)
         self._kf_idx = np.zeros(0, np.int64)
+        self._steps = np.zeros((0, 2), np.float32)  # each track's last frame-to-frame motion (NaN: none yet)
         self._init_frame: Frame | None = None
         self._init_pts0 = np.zeros((0, 2), np.float32)
         self._num_tracks_at_kf = 0
@@ -173,7 +214,9 @@ class FlowTracker(Tracker):
         t = self.tcfg
         with self.timer.stage("flow"):
             p1, good = track_flow(self._prev_gray, frame.gray, self._pts, t.flow_win_size, t.flow_levels,
-                                  t.flow_fb_threshold_px, mask, guess, t.flow_iterations, t.flow_epsilon_px)
+                                  t.flow_fb_threshold_px, mask, guess, t.flow_iterations, t.flow_epsilon_px,
+                                  t.flow_guess_levels if t.flow_guess_levels >= 0 else None)
+        self._steps = p1 - self._pts
         self._pts = p1
         return good
 
@@ -181,6 +224,7 @@ class FlowTracker(Tracker):
         self._pts = self._pts[keep]
         self._tids = self._tids[keep]
         self._kf_idx = self._kf_idx[keep]
+        self._steps = self._steps[keep]
 
     # ------------------------------------------------------------------------------------------- init
     def _initialise(self, frame: Frame) -> TrackResult:
@@ -280,10 +324,15 @@ class FlowTracker(Tracker):
         self._init_pts0 = pts.copy()
         self._tids = self._new_track_ids(len(pts))
         self._kf_idx = np.full(len(pts), -1, np.int64)
+        self._steps = np.full((len(pts), 2), np.nan, np.float32)
         self._prev_gray = frame.gray
 
     def _reset_tracks_from_keyframe(self, frame: Frame) -> None:
-        """After a keyframe, the tracks are exactly its keypoints."""
+        """After a keyframe, the tracks are exactly its keypoints (tracks carried on keep their last motion)."""
+        steps = np.full((len(frame.features), 2), np.nan, np.float32)
+        _, i_new, i_old = np.intersect1d(frame.track_ids, self._tids, assume_unique=True, return_indices=True)
+        steps[i_new] = self._steps[i_old]
+        self._steps = steps
         self._pts = frame.features.keypoints.astype(np.float32).copy()
         self._tids = frame.track_ids.copy()
         self._kf_idx = np.arange(len(self._pts), dtype=np.int64)
@@ -291,25 +340,19 @@ class FlowTracker(Tracker):
         self._prev_gray = frame.gray
 
     # ------------------------------------------------------------------------------------------- tracking
-    def _predicted_pixels(self, T_pred: np.ndarray, point_ids: np.ndarray) -> np.ndarray | None:
-        """Distorted pixel prediction of each track's map point under ``T_pred`` (NaN where none)."""
-        guess = self._pts.copy()
-        has = point_ids >= 0
-        if not np.any(has):
-            return None
-        X, _, ids = self._point_arrays(point_ids[has])
-        if len(ids) == 0:
-            return None
-        pos = {int(i): x for i, x in zip(ids, X)}
-        rows = np.flatnonzero(has)
-        sel = [r for r in rows if int(point_ids[r]) in pos]
-        if not sel:
-            return None
-        Xs = np.array([pos[int(point_ids[r])] for r in sel])
-        Xc = Xs @ T_pred[:3, :3].T + T_pred[:3, 3]
-        uv = self.camera.project(Xc)
-        ok = np.isfinite(uv).all(axis=1) & (Xc[:, 2] > 0)
-        guess[np.array(sel)[ok]] = uv[ok]
+    def _predicted_pixels(self, T_pred: np.ndarray, point_ids: np.ndarray) -> np.ndarray:
+        """Where each track ``(N, 2)`` should land: its map point ``point_ids (N,)`` projected with ``T_pred``
+        (distorted pixels), else its position moved by its last step; NaN rows where neither is known."""
+        guess = self._pts + self._steps
+        rows = np.flatnonzero(point_ids >= 0)
+        if len(rows) == 0:
+            return guess
+        X = self._point_positions(point_ids[rows])
+        Xc = X @ T_pred[:3, :3].T + T_pred[:3, 3]
+        ok = np.isfinite(Xc).all(axis=1) & (Xc[:, 2] > 0)
+        uv = self.camera.project(Xc[ok])
+        fin = np.isfinite(uv).all(axis=1)
+        guess[rows[ok][fin]] = uv[fin]
         return guess
 
     def _track_frame(self, frame: Frame) -> TrackResult:

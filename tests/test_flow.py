@@ -67,6 +67,30 @@ def test_flow_without_backward_check_keeps_the_same_tracks_where_they_agree(tube
     assert good_tight.sum() < good_checked.sum()
 
 
+def test_predicted_tracks_searched_on_fewer_levels_land_where_the_full_search_does(tube):
+    """A prediction near the truth (here: the full search's answer moved by up to 2 px) lets predicted
+    tracks skip the coarse pyramid levels and still land where the full search lands; tracks without a
+    prediction (NaN rows) and tracks whose prediction is far off (30 px) are searched from scratch."""
+    img0 = cv2.imread(str(tube / "rgb" / "000000.png"), cv2.IMREAD_GRAYSCALE)
+    img1 = cv2.imread(str(tube / "rgb" / "000002.png"), cv2.IMREAD_GRAYSCALE)
+    pts0 = detect_corners(img0, None, np.zeros((0, 2)), 400, 8)
+    p_full, good_full = track_flow(img0, img1, pts0, 21, 3, 1.0)
+    rng = np.random.default_rng(0)
+    guess = p_full + rng.uniform(-2, 2, p_full.shape).astype(np.float32)
+    guess[::5] = np.nan  # no prediction
+    far = np.arange(len(guess)) % 5 == 1
+    guess[far] = pts0[far] - (p_full[far] - pts0[far]) + 30.0  # a wrong prediction, far from both
+    p_short, good_short = track_flow(img0, img1, pts0, 21, 3, 1.0, guess=guess, guess_levels=1)
+    both = good_full & good_short
+    assert both.sum() > 0.9 * good_full.sum()
+    assert np.median(np.linalg.norm(p_short[both] - p_full[both], axis=1)) < 0.01
+    assert np.mean(np.linalg.norm(p_short[both] - p_full[both], axis=1) < 0.1) > 0.97
+    # the wrongly predicted tracks were searched again from scratch: most of them are kept, and right
+    kept_far = far & good_short & good_full
+    assert kept_far.sum() > 0.8 * (far & good_full).sum()
+    assert np.max(np.linalg.norm(p_short[kept_far] - p_full[kept_far], axis=1)) < 0.1
+
+
 @pytest.fixture(scope="module")
 def room(tmp_path_factory):
     return generate("room", tmp_path_factory.mktemp("flow") / "room", frames=60, seed=1, size=(320, 240))

@@ -53,6 +53,7 @@ def _setup(motion_T_cw: np.ndarray):
     tracker._pts = uv1.astype(np.float32)
     tracker._tids = np.arange(N_TRACKS, dtype=np.int64)
     tracker._kf_idx = np.arange(N_TRACKS, dtype=np.int64)
+    tracker._steps = np.full((N_TRACKS, 2), np.nan, np.float32)
     gray = np.zeros((480, 640), np.uint8)
     frame = Frame(index=5, timestamp=5 / 30, gray=gray, features=_features(np.zeros((0, 2))),
                   kp_undist=np.zeros((0, 2)), inv_sigma2=np.zeros(0), colors=np.zeros((0, 3), np.uint8),
