@@ -70,11 +70,8 @@ class LocalMapper:
         if kf.bad or the_map.keyframes.get(kf.id) is not kf:
             return  # culled meanwhile, or from a map that was replaced after tracking loss
         with self.timer.stage("mapping"):
-            with the_map.lock:
-                seen = [p for p in (the_map.points.get(int(i)) for i in kf.point_ids[kf.point_ids >= 0]) if p is not None]
-                the_map.update_points_geometry(seen, self.scale_factor, self.num_levels)
-                for p in seen:
-                    the_map.update_point_descriptor(p)
+            # the descriptors and viewing geometry of kf's points (new observations: kf itself, then
+            # fusion) are brought up to date once, at the end of _fuse
             self._cull_recent_points(the_map, kf)
             with self.timer.stage("triangulate"):
                 self._create_new_points(the_map, kf)
