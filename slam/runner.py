@@ -8,7 +8,6 @@ file is written atomically, and written also when the run stops half-way (Ctrl-C
 from __future__ import annotations
 
 import contextlib
-
 import itertools
 import json
 import logging
