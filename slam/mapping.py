@@ -297,8 +297,7 @@ class LocalMapper:
             others = [p for p in the_map.points_of(targets) if kf.id not in p.observations]
             self._fuse_into(the_map, others, kf, search_by_projection)
             fused = the_map.points_of([kf])
-            for p in fused:
-                the_map.update_point_descriptor(p)
+            the_map.update_points_descriptors(fused)
             the_map.update_points_geometry(fused, self.scale_factor, self.num_levels)
 
     def _fuse_into(self, the_map: Map, points: list[MapPoint], target: KeyFrame, search_by_projection) -> None:

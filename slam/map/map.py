@@ -22,6 +22,9 @@ import numpy as np
 from slam.features.base import Features
 from slam.geometry.se3 import invert
 
+#: number of set bits of each byte value (Hamming distances of binary descriptors)
+_POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.uint8)
+
 
 @dataclass(eq=False)
 class KeyFrame:
@@ -281,30 +284,43 @@ class Map:
 
         Nothing is recomputed while the point's observations are those of the last choice.
         """
+        self.update_points_descriptors([point])
+
+    def update_points_descriptors(self, points: list[MapPoint]) -> None:
+        """:meth:`update_point_descriptor` for many points: points with the same number of observations
+        are compared in one batch (the same choice, ties to the first observation, as one at a time)."""
+        groups: dict[int, tuple[list[MapPoint], list[np.ndarray]]] = {}
         with self.lock:
-            source = hash(tuple(point.observations.items())) or 1
-            if source == point.descriptor_source:
-                return
-            point.descriptor_source = source
-            descs = []
-            binary = False
-            for kf_id, idx in point.observations.items():
-                kf = self.keyframes.get(kf_id)
-                if kf is not None and idx < len(kf.features):
-                    descs.append(kf.features.descriptors[idx])
-                    binary = kf.features.binary
-        if len(descs) < 3:
-            if descs:
-                point.descriptor = descs[-1] if len(descs) == 1 else point.descriptor
-            return
-        D = np.asarray(descs)
-        if binary:
-            bits = np.unpackbits(D, axis=1).astype(np.int16)
-            dist = np.abs(bits[:, None, :] - bits[None, :, :]).sum(axis=2)
-        else:
-            Df = D.astype(np.float32)
-            dist = np.sqrt(np.maximum(((Df[:, None, :] - Df[None, :, :]) ** 2).sum(axis=2), 0))
-        point.descriptor = D[int(np.argmin(np.median(dist, axis=1)))]
+            for point in points:
+                source = hash(tuple(point.observations.items())) or 1
+                if source == point.descriptor_source:
+                    continue
+                point.descriptor_source = source
+                descs = []
+                binary = False
+                for kf_id, idx in point.observations.items():
+                    kf = self.keyframes.get(kf_id)
+                    if kf is not None and idx < len(kf.features):
+                        descs.append(kf.features.descriptors[idx])
+                        binary = kf.features.binary
+                if len(descs) < 3:
+                    if len(descs) == 1:
+                        point.descriptor = descs[0]
+                    continue
+                key = len(descs) if binary else -len(descs)  # binary and float descriptors apart
+                group = groups.setdefault(key, ([], []))
+                group[0].append(point)
+                group[1].append(np.asarray(descs))
+        for key, (pts, stacks) in groups.items():
+            D = np.stack(stacks)  # (G, n, bytes or dims)
+            if key > 0:  # binary: Hamming distance by a popcount table
+                dist = _POPCOUNT[D[:, :, None, :] ^ D[:, None, :, :]].sum(axis=3, dtype=np.int64)
+            else:
+                Df = D.astype(np.float32)
+                dist = np.sqrt(np.maximum(((Df[:, :, None, :] - Df[:, None, :, :]) ** 2).sum(axis=3), 0))
+            best = np.argmin(np.median(dist, axis=2), axis=1)
+            for point, d, b in zip(pts, D, best):
+                point.descriptor = d[int(b)].copy()  # not a view that would keep the whole batch alive
 
     # ------------------------------------------------------------------ covisibility
     def covisibility(self, kf: KeyFrame) -> Counter:
