@@ -104,6 +104,13 @@ class LocalMapper:
     def _cull_keyframes(self, the_map: Map, kf: KeyFrame) -> None:
         with the_map.lock:
             neighbours = the_map.best_covisible(kf, 20)
+            octaves: dict[int, list[int]] = {}  # keyframe id -> its keypoints' octaves (plain ints)
+
+            def octaves_of(k: KeyFrame) -> list[int]:
+                if k.id not in octaves:
+                    octaves[k.id] = k.features.octaves.tolist()
+                return octaves[k.id]
+
             for nb in neighbours:
                 if nb.id == 0 or nb.bad or nb.id >= kf.id:
                     continue  # never the origin, nor keyframes newer than the one processed
@@ -112,19 +119,20 @@ class LocalMapper:
                     continue
                 redundant = 0
                 total = 0
-                for i in idx:
-                    p = the_map.points.get(int(nb.point_ids[i]))
+                oct_of_nb = octaves_of(nb)
+                for i, pid in zip(idx.tolist(), nb.point_ids[idx].tolist()):
+                    p = the_map.points.get(pid)
                     if p is None:
                         continue
                     total += 1
                     if len(p.observations) > 3:
-                        oct_nb = nb.features.octaves[i]
+                        max_octave = oct_of_nb[i] + 1
                         n_ok = 0
                         for kid, j in p.observations.items():
                             if kid == nb.id:
                                 continue
                             other = the_map.keyframes.get(kid)
-                            if other is not None and other.features.octaves[j] <= oct_nb + 1:
+                            if other is not None and octaves_of(other)[j] <= max_octave:
                                 n_ok += 1
                                 if n_ok >= 3:
                                     break

@@ -240,26 +240,29 @@ class Map:
         the first observer) and the octave the point was seen at there.
         """
         with self.lock:
+            keyframes = self.keyframes
             row_of_kf: dict[int, int] = {}  # only the keyframes these points' observations name
-            centers_list: list[np.ndarray] = []
-            owners, rows, ref_rows, ref_octaves, used = [], [], [], [], []
+            ref_kfs: list[KeyFrame] = []
+            owners, rows, ref_rows, ref_idx, used = [], [], [], [], []
             for point in points:
-                obs = [(kid, idx) for kid, idx in point.observations.items() if kid in self.keyframes]
+                obs = [(kid, idx) for kid, idx in point.observations.items() if kid in keyframes]
                 if not obs:
                     continue
                 for kid, _ in obs:
-                    if kid not in row_of_kf:
-                        row_of_kf[kid] = len(centers_list)
-                        centers_list.append(self.keyframes[kid].center)
-                    rows.append(row_of_kf[kid])
+                    row = row_of_kf.get(kid)
+                    if row is None:
+                        row = row_of_kf[kid] = len(row_of_kf)
+                    rows.append(row)
                 kid, idx = next(((k, i) for k, i in obs if k == point.first_kf_id), obs[0])
                 ref_rows.append(row_of_kf[kid])
-                ref_octaves.append(int(self.keyframes[kid].features.octaves[idx]))
-                owners.extend([len(used)] * len(obs))
+                ref_kfs.append(keyframes[kid])
+                ref_idx.append(idx)
+                owners += [len(used)] * len(obs)
                 used.append(point)
             if not used:
                 return
-            centers = np.array(centers_list)
+            centers = np.array([keyframes[kid].center for kid in row_of_kf])  # dicts keep insertion order
+            ref_octaves = [int(kf.features.octaves[i]) for kf, i in zip(ref_kfs, ref_idx)]
             X = np.array([p.position for p in used], dtype=np.float64)
             owners_a = np.asarray(owners, np.int64)
             v = centers[np.asarray(rows, np.int64)] - X[owners_a]
@@ -273,11 +276,13 @@ class Map:
             ref_dist = np.sqrt(((centers[np.asarray(ref_rows, np.int64)] - X) ** 2).sum(axis=1))
             max_d = ref_dist * scale_factor ** np.asarray(ref_octaves, np.float64) * 1.2
             min_d = max_d / (scale_factor ** max(num_levels - 1, 1)) / 1.44
-            for j, point in enumerate(used):
-                if counts[j] > 0:
-                    point.normal = mean[j] / max(float(norm[j]), 1e-12)
-                point.max_distance = float(max_d[j])
-                point.min_distance = float(min_d[j])
+            normals = mean / np.maximum(norm, 1e-12)[:, None]
+            has_rays = (counts > 0).tolist()
+            for point, normal, ok, lo, hi in zip(used, normals, has_rays, min_d.tolist(), max_d.tolist()):
+                if ok:
+                    point.normal = normal.copy()  # not a view that would keep the whole batch alive
+                point.max_distance = hi
+                point.min_distance = lo
 
     def update_point_descriptor(self, point: MapPoint) -> None:
         """Choose the observation descriptor with the least median distance to the others.
