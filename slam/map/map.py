@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from itertools import chain
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -331,12 +332,8 @@ class Map:
     def covisibility(self, kf: KeyFrame) -> Counter:
         """Keyframe id -> number of map points shared with ``kf`` (excluding ``kf`` itself)."""
         with self.lock:
-            counts: Counter = Counter()
-            for pid in kf.point_ids[kf.point_ids >= 0]:
-                point = self.points.get(int(pid))
-                if point is None:
-                    continue
-                counts.update(point.observations.keys())
+            found = map(self.points.get, kf.point_ids[kf.point_ids >= 0].tolist())
+            counts = Counter(chain.from_iterable(point.observations for point in found if point is not None))
             counts.pop(kf.id, None)
             return counts
 

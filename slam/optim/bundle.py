@@ -161,6 +161,7 @@ def bundle_adjust(
 
     kernel = _g2o.make_huber(chi2_threshold) if robust else None
     info = _g2o.information_matrices(inv_s2)
+    unit_weight = (inv_s2 == 1.0).tolist()  # a new edge's information is already the identity
     fx, fy, cx, cy = K
     obs_idx = np.flatnonzero(usable)
     edges = []
@@ -170,7 +171,8 @@ def bundle_adjust(
         e.set_vertex(0, pt_vertices[p])
         e.set_vertex(1, kf_vertices[k])
         e.set_measurement(obs_uv[i])
-        e.set_information(info[i])
+        if not unit_weight[i]:
+            e.set_information(info[i])
         e.fx = fx
         e.fy = fy
         e.cx = cx
@@ -182,15 +184,17 @@ def bundle_adjust(
     builder.finish()
     t_build = time.perf_counter() - t0
 
+    free_pt_idx = np.array([p for p in pt_vertices if not fix_points[p]], dtype=np.int64)
+    free_pt_vertices = [pt_vertices[p] for p in free_pt_idx.tolist()]
+
     def state() -> tuple[np.ndarray, np.ndarray]:
         T = T_cw.copy()
         for k, v in kf_vertices.items():
             if not fixed[k]:
                 T[k] = _g2o.se3quat_matrix(v.estimate())
         X = points_w.copy()
-        for p, v in pt_vertices.items():
-            if not fix_points[p]:
-                X[p] = v.estimate()
+        if len(free_pt_idx):
+            X[free_pt_idx] = np.array([v.estimate() for v in free_pt_vertices], dtype=np.float64).reshape(-1, 3)
         return T, X
 
     def ok(T: np.ndarray, X: np.ndarray) -> bool:
