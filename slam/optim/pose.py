@@ -89,13 +89,15 @@ def optimize_pose(
 
     kernel = _g2o.make_huber(chi2_threshold) if robust else None
     info = _g2o.information_matrices(inv_sigma2)
+    unit_weight = (inv_sigma2 == 1.0).tolist()  # a new edge's information is already the identity
     edges = []
     EdgeCls = g.EdgeSE3ProjectXYZOnlyPose
     for i in range(n):
         e = EdgeCls()
         e.set_vertex(0, vertex)
         e.set_measurement(uv[i])
-        e.set_information(info[i])
+        if not unit_weight[i]:
+            e.set_information(info[i])
         e.fx = fx
         e.fy = fy
         e.cx = cx
