@@ -532,11 +532,12 @@ class FlowTracker(Tracker):
     def _point_positions(self, ids: np.ndarray) -> np.ndarray:
         """World positions ``(N, 3)`` of map points ``ids (N,)``, NaN rows for points no longer in the map."""
         X = np.full((len(ids), 3), np.nan)
+        points = self.map.points
         with self.map.lock:
-            for r, i in enumerate(ids.tolist()):
-                p = self.map.points.get(int(i))
-                if p is not None:
-                    X[r] = p.position
+            found = [(r, p.position) for r, i in enumerate(np.asarray(ids, np.int64).tolist())
+                     if (p := points.get(i)) is not None]
+        if found:
+            X[[r for r, _ in found]] = np.array([x for _, x in found])
         return X
 
     def _rotation_from_tracks(self, frame: Frame, prev_pts: np.ndarray, point_ids: np.ndarray) -> bool:

@@ -425,12 +425,13 @@ class Tracker:
 
     def _point_arrays(self, ids: np.ndarray):
         """Positions ``(M, 3)``, descriptors ``(M, D)`` and the ids that are still good map points."""
+        points = self.map.points
         with self.map.lock:
-            good = [(int(i), self.map.points[int(i)]) for i in ids if int(i) in self.map.points]
-        if not good:
-            return np.zeros((0, 3)), None, np.zeros(0, np.int64)
-        pos = np.array([p.position for _, p in good])
-        desc = np.array([p.descriptor for _, p in good])
+            good = [(i, p) for i in np.asarray(ids, np.int64).tolist() if (p := points.get(i)) is not None]
+            if not good:
+                return np.zeros((0, 3)), None, np.zeros(0, np.int64)
+            pos = np.array([p.position for _, p in good])
+            desc = np.array([p.descriptor for _, p in good])
         return pos, desc, np.array([i for i, _ in good], dtype=np.int64)
 
     def _project(self, T_cw: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
