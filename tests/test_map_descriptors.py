@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import slam.map.map as map_module
 from slam.features.base import Features
 from slam.map.map import KeyFrame, Map
 
@@ -36,8 +37,11 @@ def _medoid(descs: np.ndarray, binary: bool) -> np.ndarray:
     return descs[int(np.argmin(np.median(dist, axis=1)))]
 
 
+@pytest.mark.parametrize("small_batches", [False, True])
 @pytest.mark.parametrize("binary", [True, False])
-def test_batched_descriptor_choice_is_each_points_medoid(binary):
+def test_batched_descriptor_choice_is_each_points_medoid(binary, small_batches, monkeypatch):
+    if small_batches:  # one point per batch: the memory bound on a batch must not change the choice
+        monkeypatch.setattr(map_module, "_PAIRWISE_BUDGET", 1)
     rng = np.random.default_rng(7)
     num_kfs, num_points = 6, 40
     if binary:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from itertools import chain
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 
@@ -25,6 +25,8 @@ from slam.geometry.se3 import invert
 
 #: number of set bits of each byte value (Hamming distances of binary descriptors)
 _POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.uint8)
+#: elements of the pairwise-difference array of one descriptor batch (4M: 16 MB of float32)
+_PAIRWISE_BUDGET = 1 << 22
 
 
 @dataclass(eq=False)
@@ -318,15 +320,18 @@ class Map:
                 group[0].append(point)
                 group[1].append(np.asarray(descs))
         for key, (pts, stacks) in groups.items():
-            D = np.stack(stacks)  # (G, n, bytes or dims)
-            if key > 0:  # binary: Hamming distance by a popcount table
-                dist = _POPCOUNT[D[:, :, None, :] ^ D[:, None, :, :]].sum(axis=3, dtype=np.int64)
-            else:
-                Df = D.astype(np.float32)
-                dist = np.sqrt(np.maximum(((Df[:, :, None, :] - Df[:, None, :, :]) ** 2).sum(axis=3), 0))
-            best = np.argmin(np.median(dist, axis=2), axis=1)
-            for point, d, b in zip(pts, D, best):
-                point.descriptor = d[int(b)].copy()  # not a view that would keep the whole batch alive
+            n, dims = stacks[0].shape
+            step = max(1, _PAIRWISE_BUDGET // (n * n * dims))  # points per batch: bounds the (G, n, n, dims) array
+            for start in range(0, len(pts), step):
+                D = np.stack(stacks[start:start + step])  # (G, n, bytes or dims)
+                if key > 0:  # binary: Hamming distance by a popcount table
+                    dist = _POPCOUNT[D[:, :, None, :] ^ D[:, None, :, :]].sum(axis=3, dtype=np.int64)
+                else:
+                    Df = D.astype(np.float32)
+                    dist = np.sqrt(np.maximum(((Df[:, :, None, :] - Df[:, None, :, :]) ** 2).sum(axis=3), 0))
+                best = np.argmin(np.median(dist, axis=2), axis=1)
+                for point, d, b in zip(pts[start:start + step], D, best):
+                    point.descriptor = d[int(b)].copy()  # not a view that would keep the whole batch alive
 
     # ------------------------------------------------------------------ covisibility
     def covisibility(self, kf: KeyFrame) -> Counter:
