@@ -206,9 +206,8 @@ class Tracker:
             kf1.T_cw[:3, 3] *= scale
             for p in pts:
                 p.position = p.position * scale
-            for p in pts:
-                the_map.update_point_geometry(p, self.extractor_scale_factor(), self.max_levels)
-                the_map.update_point_descriptor(p)
+            the_map.update_points_geometry(pts, self.extractor_scale_factor(), self.max_levels)
+            the_map.update_points_descriptors(pts)
             cur.T_cw = kf1.T_cw.copy()
             cur.point_ids = kf1.point_ids.copy()
         if self._last_good_T_wc is not None:

@@ -231,12 +231,9 @@ class Map:
             kf.track_ids = None
 
     # ------------------------------------------------------------------ point geometry
-    def update_point_geometry(self, point: MapPoint, scale_factor: float, num_levels: int) -> None:
-        """Recompute the mean viewing direction and the scale-invariance distance range."""
-        self.update_points_geometry([point], scale_factor, num_levels)
-
     def update_points_geometry(self, points: list[MapPoint], scale_factor: float, num_levels: int) -> None:
-        """:meth:`update_point_geometry` for many points, vectorised over all their observations.
+        """Recompute each point's mean viewing direction and scale-invariance distance range, vectorised over
+        all their observations.
 
         normal: mean of the unit vectors point -> observing keyframe centres; distance range from the
         distance to the reference keyframe (the creating one when it still observes the point, else
@@ -287,16 +284,13 @@ class Map:
                 point.max_distance = hi
                 point.min_distance = lo
 
-    def update_point_descriptor(self, point: MapPoint) -> None:
-        """Choose the observation descriptor with the least median distance to the others.
-
-        Nothing is recomputed while the point's observations are those of the last choice.
-        """
-        self.update_points_descriptors([point])
-
     def update_points_descriptors(self, points: list[MapPoint]) -> None:
-        """:meth:`update_point_descriptor` for many points: points with the same number of observations
-        are compared in one batch (the same choice, ties to the first observation, as one at a time)."""
+        """Give each point the observation descriptor with the least median distance to the others.
+
+        Points with the same number of observations are compared in one batch (ties go to the first
+        observation). Nothing is recomputed while a point's observations are those of the last choice;
+        with two observations the descriptor is kept.
+        """
         groups: dict[int, tuple[list[MapPoint], list[np.ndarray]]] = {}
         with self.lock:
             for point in points:
