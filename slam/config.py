@@ -114,6 +114,9 @@ class MappingConfig:
     covisible_keyframes: int = 10  # neighbours used to triangulate new points
     local_ba_keyframes: int = 12  # keyframes optimised in local BA
     ba_iterations: int = 10
+    # threaded runs: local BA in a child process (its graph building then does not hold the GIL the tracker
+    # needs); --sync runs always adjust in-process
+    ba_process: bool = True
     min_parallax_deg: float = 1.0
     max_reprojection_px: float = 2.5
     point_min_found_ratio: float = 0.25

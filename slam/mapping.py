@@ -41,6 +41,7 @@ class LocalMapper:
         self.scale_factor = scale_factor
         self.num_levels = num_levels
         self.abort_ba = threading.Event()
+        self.bundle_solver = None  # bundle_adjust's stand-in (LocalMapperThread: a BundleProcess); None: in-process
         self._recent_points: list[tuple[MapPoint, int]] = []
         self.num_processed = 0
 
@@ -384,20 +385,25 @@ class LocalMapper:
             if len(the_map.keyframes) <= 2:
                 fixed[:] = True
         adjusted = adjust_bundle(the_map, kfs, points, fixed, self.intrinsics, self.mcfg.ba_iterations,
-                                 abort=self.abort_ba, deterministic=self.cfg.system.sync)
+                                 abort=self.abort_ba, deterministic=self.cfg.system.sync,
+                                 solver=self.bundle_solver)
         with the_map.lock:
             the_map.update_points_geometry([p for p in adjusted if not p.bad], self.scale_factor, self.num_levels)
 
 
 def adjust_bundle(the_map: Map, kfs: list[KeyFrame], points: list[MapPoint], fixed: np.ndarray,
                   intrinsics: tuple[float, float, float, float], iterations: int,
-                  abort: threading.Event | None = None, deterministic: bool = False) -> list[MapPoint]:
+                  abort: threading.Event | None = None, deterministic: bool = False,
+                  solver=None) -> list[MapPoint]:
     """Bundle adjustment of ``kfs`` (``fixed (K,)`` held still) and ``points`` through g2o, written back.
 
     Observations are gathered and results written under ``the_map.lock``; the optimisation runs without
-    it. Outlier observations are erased. Returns the points that took part.
+    it, through ``solver`` (called as :func:`slam.optim.bundle_adjust`; None: that function, in this
+    thread). Outlier observations are erased. Returns the points that took part.
     """
     from slam.optim import bundle_adjust
+
+    solver = solver or bundle_adjust
 
     with the_map.lock:
         index = {k.id: i for i, k in enumerate(kfs)}
@@ -415,7 +421,7 @@ def adjust_bundle(the_map: Map, kfs: list[KeyFrame], points: list[MapPoint], fix
             obs_w[rows] = kfs[i].inv_sigma2[obs_kp[rows]]
         T = np.array([k.T_cw for k in kfs])
         X = np.array([p.position for p in points])
-    result = bundle_adjust(
+    result = solver(
         T, fixed, X, obs_kf, obs_pt, obs_uv, obs_w,
         intrinsics, iterations=iterations, abort=abort, deterministic=deterministic,
     )
@@ -442,6 +448,12 @@ class LocalMapperThread:
         self._busy = threading.Event()
         self._idle_cond = threading.Condition()
         self._error: BaseException | None = None
+        if core.mcfg.ba_process and core.bundle_solver is None:
+            from slam.optim.bundle_process import BundleProcess
+
+            core.bundle_solver = self._bundle_process = BundleProcess()
+        else:
+            self._bundle_process = None
         self._thread = threading.Thread(target=self._run, name="local-mapping", daemon=True)
         self._thread.start()
 
@@ -507,3 +519,5 @@ class LocalMapperThread:
         self.core.abort_ba.set()
         self._queue.put(None)
         self._thread.join(timeout)
+        if self._bundle_process is not None:
+            self._bundle_process.close()

@@ -281,3 +281,70 @@ def test_pose_graph_sim3_edge_scale_is_used():
     np.testing.assert_allclose(res.T_cw[1][:3, 3], [0, 0, -0.5], atol=1e-8)
     empty = optimize_pose_graph(T0, np.zeros((0, 2), int), np.zeros((0, 4, 4)), [True, False])
     assert np.array_equal(empty.T_cw, T0) and empty.iterations == 0
+
+
+# ------------------------------------------------------------------------------------ BundleProcess
+def test_bundle_process_gives_the_in_process_result_aborts_and_falls_back():
+    from slam.optim.bundle_process import BundleProcess
+
+    rng = np.random.default_rng(5)
+    T_true, X_true, kf, pt, uv = ba_scene(rng, n_kf=6, n_pts=200, noise=0.5)
+    fixed = np.zeros(len(T_true), bool)
+    fixed[:2] = True
+    T0 = T_true.copy()
+    T0[2:] = [perturb(T, rng, 0.01, 0.05) for T in T_true[2:]]
+    X0 = X_true + rng.normal(0, 0.2, X_true.shape)
+    args = (T0, fixed, X0, kf, pt, uv, 1.0, INTR)
+
+    here = bundle_adjust(*args, deterministic=True)
+    solver = BundleProcess()
+    try:
+        there = solver(*args, deterministic=True, abort=threading.Event())
+        assert there.iterations == here.iterations > 0 and not there.aborted
+        np.testing.assert_allclose(there.T_cw, here.T_cw, atol=1e-12)
+        np.testing.assert_allclose(there.points_w, here.points_w, atol=1e-12)
+        np.testing.assert_array_equal(there.outliers, here.outliers)
+
+        pre = threading.Event()
+        pre.set()  # an abort set before the call reaches the child: nothing is optimised
+        res = solver(*args, abort=pre)
+        assert res.aborted and res.iterations == 0 and np.array_equal(res.T_cw, T0)
+
+        with pytest.raises(RuntimeError, match="ValueError"):  # bad input: the child's error, raised here
+            solver(T0, fixed, X0, [99], [0], np.zeros((1, 2)), 1.0, INTR)
+        assert solver.alive
+
+        solver._proc.kill()  # the child dies: the call runs in this process instead
+        solver._proc.join(5)
+        again = solver(*args, deterministic=True)
+        assert not solver.alive
+        np.testing.assert_allclose(again.T_cw, here.T_cw, atol=1e-12)
+    finally:
+        solver.close()
+    assert not solver._proc.is_alive()
+
+
+def test_threaded_run_adjusts_in_a_child_process_and_ends_it(tmp_path, monkeypatch):
+    """A threaded run's local BA goes through a BundleProcess, which is gone once the run ends."""
+    import multiprocessing
+
+    from slam.config import load_config
+    from slam.optim import bundle_process
+    from slam.runner import run_source
+    from slam.sources import open_source
+    from slam.synth import generate
+
+    calls = []
+    real_call = bundle_process.BundleProcess.__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(self.alive)
+        return real_call(self, *args, **kwargs)
+
+    seq = generate("tube", tmp_path / "tube", frames=30, seed=2, size=(320, 240))
+    cfg = load_config(None, ["system.sync=false"])
+    monkeypatch.setattr(bundle_process.BundleProcess, "__call__", counting)
+    outcome = run_source(open_source(str(seq), cfg.source), cfg, tmp_path / "out")
+    assert outcome.result.stats["tracked_fraction"] >= 0.9
+    assert len(calls) >= 2 and all(calls), "local BA did not run in the child process"
+    assert not [p for p in multiprocessing.active_children() if p.name == "bundle-adjust"]
