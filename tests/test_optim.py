@@ -218,14 +218,21 @@ class _AbortWhenWatched(threading.Event):
         return super().wait(timeout)
 
 
-def test_bundle_adjust_abort():
-    rng = np.random.default_rng(4)
-    T_true, X_true, kf, pt, uv = ba_scene(rng, n_kf=6, n_pts=400, noise=0.5)
+def perturbed_ba_problem(seed: int, n_pts: int):
+    """Six keyframes (the first two fixed) and points, poses and points perturbed from the truth:
+    ``(T0, fixed, X0, kf, pt, uv)``."""
+    rng = np.random.default_rng(seed)
+    T_true, X_true, kf, pt, uv = ba_scene(rng, n_kf=6, n_pts=n_pts, noise=0.5)
     fixed = np.zeros(len(T_true), bool)
     fixed[:2] = True
     T0 = T_true.copy()
     T0[2:] = [perturb(T, rng, 0.01, 0.05) for T in T_true[2:]]
     X0 = X_true + rng.normal(0, 0.2, X_true.shape)
+    return T0, fixed, X0, kf, pt, uv
+
+
+def test_bundle_adjust_abort():
+    T0, fixed, X0, kf, pt, uv = perturbed_ba_problem(4, 400)
 
     pre = threading.Event()
     pre.set()
@@ -287,13 +294,7 @@ def test_pose_graph_sim3_edge_scale_is_used():
 def test_bundle_process_gives_the_in_process_result_aborts_and_falls_back():
     from slam.optim.bundle_process import BundleProcess
 
-    rng = np.random.default_rng(5)
-    T_true, X_true, kf, pt, uv = ba_scene(rng, n_kf=6, n_pts=200, noise=0.5)
-    fixed = np.zeros(len(T_true), bool)
-    fixed[:2] = True
-    T0 = T_true.copy()
-    T0[2:] = [perturb(T, rng, 0.01, 0.05) for T in T_true[2:]]
-    X0 = X_true + rng.normal(0, 0.2, X_true.shape)
+    T0, fixed, X0, kf, pt, uv = perturbed_ba_problem(5, 200)
     args = (T0, fixed, X0, kf, pt, uv, 1.0, INTR)
 
     here = bundle_adjust(*args, deterministic=True)
