@@ -448,12 +448,14 @@ class LocalMapperThread:
         self._busy = threading.Event()
         self._idle_cond = threading.Condition()
         self._error: BaseException | None = None
+        self._bundle_process = None
         if core.mcfg.ba_process and core.bundle_solver is None:
             from slam.optim.bundle_process import BundleProcess
 
-            core.bundle_solver = self._bundle_process = BundleProcess()
-        else:
-            self._bundle_process = None
+            try:
+                core.bundle_solver = self._bundle_process = BundleProcess()
+            except OSError as exc:  # no child process possible here: bundle adjustment stays in this thread
+                log.warning("cannot start the bundle adjustment process (%s); it runs in the mapping thread", exc)
         self._thread = threading.Thread(target=self._run, name="local-mapping", daemon=True)
         self._thread.start()
 

@@ -358,3 +358,30 @@ def test_threaded_run_adjusts_in_a_child_process_and_ends_it(tmp_path, monkeypat
     assert outcome.result.stats["tracked_fraction"] >= 0.9
     assert len(calls) >= 2 and all(alive for _, alive in calls), "local BA did not run in the child process"
     assert all(solver._proc.poll() is not None for solver, _ in calls), "the child outlived the run"
+
+
+def test_threaded_run_without_a_child_process_adjusts_in_its_mapping_thread(tmp_path, monkeypatch, caplog):
+    """Where no child process can start, BundleProcess leaks no pipe and the run's BA stays in-process."""
+    import os
+
+    from slam.config import load_config
+    from slam.optim import bundle_process
+    from slam.runner import run_source
+    from slam.sources import open_source
+    from slam.synth import generate
+
+    def no_process(*args, **kwargs):
+        raise OSError("no processes here")
+
+    monkeypatch.setattr(bundle_process.subprocess, "Popen", no_process)
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    with pytest.raises(OSError):
+        bundle_process.BundleProcess()
+    if fds is not None:
+        assert len(os.listdir("/proc/self/fd")) == fds, "pipes left open"
+
+    seq = generate("tube", tmp_path / "tube", frames=30, seed=2, size=(320, 240))
+    cfg = load_config(None, ["system.sync=false"])
+    outcome = run_source(open_source(str(seq), cfg.source), cfg, tmp_path / "out")
+    assert outcome.result.stats["tracked_fraction"] >= 0.9
+    assert "cannot start the bundle adjustment process" in caplog.text

@@ -122,6 +122,10 @@ class BundleProcess:
         try:
             self._proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(job_r, res_w, abort_r),
                                           env=_child_env(), stdin=subprocess.DEVNULL)
+        except BaseException:
+            for fd in (job_w, res_r, abort_w):
+                os.close(fd)
+            raise
         finally:
             for fd in (job_r, res_w, abort_r):
                 os.close(fd)
