@@ -523,3 +523,4 @@ class LocalMapperThread:
         self._thread.join(timeout)
         if self._bundle_process is not None:
             self._bundle_process.close()
+            self.core.bundle_solver = None

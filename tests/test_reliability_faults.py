@@ -148,9 +148,12 @@ class LiveRun:
     """``slam run`` in a subprocess whose stderr is collected as it comes."""
 
     def __init__(self, *args: str, cwd: Path):
+        # Ctrl-C as in a terminal: a test run started in the background of a non-interactive shell inherits
+        # SIGINT ignored (POSIX), and so would the run, which then rightly goes on to the end
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "slam.cli", "run", *args, "--device", "cpu"],
             cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.err = b""
         self._reader = threading.Thread(target=self._read, daemon=True)
