@@ -62,6 +62,11 @@ class _AbortChannel:
             self._buf = self._buf[n:]
             timeout = 0.0
 
+    def start(self, job: int) -> None:
+        """The child takes job number ``job``; aborts of earlier jobs are forgotten."""
+        self.job = job
+        self._aborted = {t for t in self._aborted if t >= job}
+
     def is_set(self) -> bool:
         self._drain(0.0)
         return self._parent_gone or self.job in self._aborted
@@ -89,7 +94,7 @@ def _serve(job_fd: int, result_fd: int, abort_fd: int) -> None:
                 number, args, kwargs = pickle.load(jobs)
             except (EOFError, OSError, pickle.UnpicklingError):
                 return  # the parent closed the pipe, or is gone
-            abort.job = number
+            abort.start(number)
             try:
                 result: Any = bundle_adjust(*args, abort=abort, **kwargs)
             except Exception:  # reported to the caller, who raises it
