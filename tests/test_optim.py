@@ -336,13 +336,19 @@ def test_bundle_process_gives_the_in_process_result_aborts_and_falls_back():
     assert solver._proc.poll() is not None
 
 
-def test_threaded_run_adjusts_in_a_child_process_and_ends_it(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def small_tube(tmp_path_factory):
+    from slam.synth import generate
+
+    return generate("tube", tmp_path_factory.mktemp("ba_process") / "tube", frames=30, seed=2, size=(320, 240))
+
+
+def test_threaded_run_adjusts_in_a_child_process_and_ends_it(small_tube, tmp_path, monkeypatch):
     """A threaded run's local BA goes through a BundleProcess, whose child is gone once the run ends."""
     from slam.config import load_config
     from slam.optim import bundle_process
     from slam.runner import run_source
     from slam.sources import open_source
-    from slam.synth import generate
 
     calls = []
     real_call = bundle_process.BundleProcess.__call__
@@ -351,16 +357,16 @@ def test_threaded_run_adjusts_in_a_child_process_and_ends_it(tmp_path, monkeypat
         calls.append((self, self.alive))
         return real_call(self, *args, **kwargs)
 
-    seq = generate("tube", tmp_path / "tube", frames=30, seed=2, size=(320, 240))
     cfg = load_config(None, ["system.sync=false"])
     monkeypatch.setattr(bundle_process.BundleProcess, "__call__", counting)
-    outcome = run_source(open_source(str(seq), cfg.source), cfg, tmp_path / "out")
+    outcome = run_source(open_source(str(small_tube), cfg.source), cfg, tmp_path / "out")
     assert outcome.result.stats["tracked_fraction"] >= 0.9
     assert len(calls) >= 2 and all(alive for _, alive in calls), "local BA did not run in the child process"
     assert all(solver._proc.poll() is not None for solver, _ in calls), "the child outlived the run"
 
 
-def test_threaded_run_without_a_child_process_adjusts_in_its_mapping_thread(tmp_path, monkeypatch, caplog):
+def test_threaded_run_without_a_child_process_adjusts_in_its_mapping_thread(small_tube, tmp_path, monkeypatch,
+                                                                           caplog):
     """Where no child process can start, BundleProcess leaks no pipe and the run's BA stays in-process."""
     import os
 
@@ -368,7 +374,6 @@ def test_threaded_run_without_a_child_process_adjusts_in_its_mapping_thread(tmp_
     from slam.optim import bundle_process
     from slam.runner import run_source
     from slam.sources import open_source
-    from slam.synth import generate
 
     def no_process(*args, **kwargs):
         raise OSError("no processes here")
@@ -380,8 +385,7 @@ def test_threaded_run_without_a_child_process_adjusts_in_its_mapping_thread(tmp_
     if fds is not None:
         assert len(os.listdir("/proc/self/fd")) == fds, "pipes left open"
 
-    seq = generate("tube", tmp_path / "tube", frames=30, seed=2, size=(320, 240))
     cfg = load_config(None, ["system.sync=false"])
-    outcome = run_source(open_source(str(seq), cfg.source), cfg, tmp_path / "out")
+    outcome = run_source(open_source(str(small_tube), cfg.source), cfg, tmp_path / "out")
     assert outcome.result.stats["tracked_fraction"] >= 0.9
     assert "cannot start the bundle adjustment process" in caplog.text
