@@ -92,6 +92,9 @@ class TrackingConfig:
     keyframe_max_frames: int = 20
     keyframe_tracked_ratio: float = 0.75  # new keyframe when tracked/ref-keyframe points falls below
     keyframe_min_tracked: int = 50
+    # flow front end: a keyframe despite too little parallax when fewer than 2 * keyframe_min_tracked map
+    # points are tracked and the local map has more than this many times as many in view (their tracks died)
+    keyframe_fading_ratio: float = 6.0
     relocalise: bool = True
     mapper_backpressure: bool = True  # file input: wait for the mapper when it falls behind (live: off)
     max_lost_before_reset: int = 2  # frames lost in a row (relocalisation failing) before a new map is started

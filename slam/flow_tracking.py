@@ -614,11 +614,55 @@ class FlowTracker(Tracker):
         weak = num_tracked < t.keyframe_tracked_ratio * kf_points or num_tracked < t.keyframe_min_tracked
         if not (weak or losing_tracks):
             return False
-        if not losing_tracks and self._track_parallax_deg(frame) < self.cfg.mapping.min_parallax_deg:
+        if not losing_tracks and self._track_parallax_deg(frame) < self.cfg.mapping.min_parallax_deg \
+                and not self._tracks_fading(frame, num_tracked):
             # few map points but the tracks cannot be triangulated from here yet: a keyframe now would
-            # only replace the last one (culled as redundant), and the baseline would never grow
+            # only replace the last one (culled as redundant), and the baseline would never grow; unless
+            # the tracks die while the map stays in view (then the keyframe finds its points again)
             return False
         return bool(self.mapper.idle or tracks_left < 0.5 or num_tracked < t.keyframe_min_tracked)
+
+    def _tracks_fading(self, frame: Frame, num_tracked: int) -> bool:
+        """Whether the flow tracks are dying while the map stays in view (weak texture, glare, tissue
+        that changes its look) rather than the view moving on (a turn).
+
+        True when fewer than ``2 * keyframe_min_tracked`` map points are tracked and more than
+        ``keyframe_fading_ratio`` times as many points of the local map (the last keyframe's and its
+        covisible keyframes') lie in view as the local-map search sees them: in the image and the mask,
+        within their scale range, at most 60 degrees off their mean viewing direction. A keyframe then
+        finds those points again (the mapper's fusion projects them into it), although its tracks have
+        too little parallax to triangulate new ones.
+        """
+        kf = self._last_kf
+        t = self.tcfg
+        if kf is None or frame.T_cw is None or num_tracked >= 2 * t.keyframe_min_tracked:
+            return False
+        need = t.keyframe_fading_ratio * num_tracked
+        with self.map.lock:
+            local = [kf] + self.map.best_covisible(kf, self.cfg.mapping.covisible_keyframes)
+            pts = self.map.points_of(local)
+            if len(pts) <= need:
+                return False
+            X = np.array([p.position for p in pts])
+            normals = np.array([p.normal for p in pts])
+            d_range = np.array([(p.min_distance, p.max_distance) for p in pts])
+        ray = X - invert(frame.T_cw)[:3, 3]
+        dist = np.linalg.norm(ray, axis=1)
+        cos_view = np.einsum("ij,ij->i", -ray, normals) / np.maximum(dist, 1e-12)
+        uv = self.camera.project(X @ frame.T_cw[:3, :3].T + frame.T_cw[:3, 3])
+        seen = (cos_view > 0.5) & (dist >= 0.8 * d_range[:, 0]) & (dist <= 1.2 * d_range[:, 1])
+        seen &= self.camera.in_image(uv)  # False for NaN (behind the camera)
+        mask = getattr(frame, "mask", None)
+        if mask is not None and np.any(seen):
+            xi = np.clip(np.rint(uv[seen, 0]).astype(int), 0, mask.shape[1] - 1)
+            yi = np.clip(np.rint(uv[seen, 1]).astype(int), 0, mask.shape[0] - 1)
+            seen[seen] = mask[yi, xi] > 0
+        in_view = int(np.count_nonzero(seen))
+        if in_view <= need:
+            return False
+        log.debug("frame %d: %d map points tracked, %d of the local map in view: a keyframe despite low parallax",
+                  frame.index, num_tracked, in_view)
+        return True
 
     def _track_parallax_deg(self, frame: Frame) -> float:
         """Median angle (degrees) between each track's ray at the last keyframe and its ray in ``frame``.

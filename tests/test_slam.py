@@ -96,3 +96,14 @@ def test_static_camera_creates_no_map(tmp_path):
     assert outcome.result.stats["keyframes"] == 0
     assert outcome.result.stats["tracked"] == 0
     assert outcome.result.stats["frames"] == 40
+
+
+def test_real_sinus_clip_is_tracked_throughout_with_threads(tmp_path):
+    """sinus_dev (real endoscopy, weak texture): the flow tracks die faster than the camera moves; keyframes
+    made where they fade keep the map found (before: 3 of 10 threaded ORB runs lost the last 3-14 frames)."""
+    path = shared_sequence("sinus_dev")
+    cfg = load_config("endoscopy", ["system.sync=false", "features.type=orb"])
+    outcome = run_source(open_source(str(path), cfg.source), cfg, tmp_path / "out")
+    stats = outcome.result.stats
+    assert stats["tracked"] >= stats["frames"] - 1, stats
+    assert outcome.evaluation["ate_percent_of_path"] <= 6.0, outcome.evaluation
