@@ -6,21 +6,14 @@ import numpy as np
 
 from slam.camera import Camera
 from slam.config import load_config
-from slam.features.base import Features
 from slam.geometry.se3 import so3_exp
 from slam.map.frame import Frame
 from slam.map.map import KeyFrame
 from slam.system import System
 
+from conftest import binary_features
+
 N_POINTS = 400
-
-
-def _features(uv: np.ndarray) -> Features:
-    n = len(uv)
-    return Features(keypoints=uv.astype(np.float32), descriptors=np.zeros((n, 32), np.uint8),
-                    octaves=np.zeros(n, np.int32), sizes=np.full(n, 7.0, np.float32),
-                    angles=np.full(n, -1.0, np.float32), responses=np.ones(n, np.float32), binary=True,
-                    scale_factor=1.2)
 
 
 def _tracker_with_mapped_keyframe():
@@ -32,7 +25,7 @@ def _tracker_with_mapped_keyframe():
     X = np.c_[rng.uniform(-2.0, 2.0, (N_POINTS, 2)), rng.uniform(4.0, 9.0, N_POINTS)]
     uv = cam.project_ideal(X)
     the_map = tracker.map
-    kf = KeyFrame(id=the_map.new_keyframe_id(), frame_index=0, timestamp=0.0, T_cw=np.eye(4), features=_features(uv),
+    kf = KeyFrame(id=the_map.new_keyframe_id(), frame_index=0, timestamp=0.0, T_cw=np.eye(4), features=binary_features(uv),
                   kp_undist=uv.astype(np.float64), inv_sigma2=np.ones(N_POINTS),
                   point_ids=np.full(N_POINTS, -1, np.int64), colors=np.zeros((N_POINTS, 3), np.uint8),
                   track_ids=np.arange(N_POINTS, dtype=np.int64))
@@ -44,7 +37,7 @@ def _tracker_with_mapped_keyframe():
 
 
 def _frame(T_cw: np.ndarray, mask: np.ndarray | None = None) -> Frame:
-    frame = Frame(index=4, timestamp=4 / 30, gray=np.zeros((480, 640), np.uint8), features=_features(np.zeros((0, 2))),
+    frame = Frame(index=4, timestamp=4 / 30, gray=np.zeros((480, 640), np.uint8), features=binary_features(np.zeros((0, 2))),
                   kp_undist=np.zeros((0, 2)), inv_sigma2=np.zeros(0), colors=np.zeros((0, 3), np.uint8),
                   image=np.zeros((480, 640, 3), np.uint8))
     frame.T_cw = T_cw

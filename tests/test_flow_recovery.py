@@ -7,22 +7,15 @@ import pytest
 
 from slam.camera import Camera
 from slam.config import load_config
-from slam.features.base import Features
 from slam.geometry.se3 import invert, rotation_angle, so3_exp
 from slam.map.frame import Frame
 from slam.map.map import KeyFrame
 from slam.system import System
 
+from conftest import binary_features
+
 N_TRACKS = 400
 N_MAPPED = 15  # fewer than a pose needs (tracking.min_tracked_points), enough to fix the scale
-
-
-def _features(uv: np.ndarray) -> Features:
-    n = len(uv)
-    return Features(keypoints=uv.astype(np.float32), descriptors=np.zeros((n, 32), np.uint8),
-                    octaves=np.zeros(n, np.int32), sizes=np.full(n, 7.0, np.float32),
-                    angles=np.full(n, -1.0, np.float32), responses=np.ones(n, np.float32), binary=True,
-                    scale_factor=1.2)
 
 
 def _project(cam: Camera, T_cw: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -41,7 +34,7 @@ def _setup(motion_T_cw: np.ndarray):
     uv0 = _project(cam, T0, X)
     uv1 = _project(cam, motion_T_cw, X) + rng.normal(0, 0.3, (N_TRACKS, 2))
     the_map = tracker.map
-    kf = KeyFrame(id=the_map.new_keyframe_id(), frame_index=0, timestamp=0.0, T_cw=T0, features=_features(uv0),
+    kf = KeyFrame(id=the_map.new_keyframe_id(), frame_index=0, timestamp=0.0, T_cw=T0, features=binary_features(uv0),
                   kp_undist=uv0.astype(np.float64), inv_sigma2=np.ones(N_TRACKS),
                   point_ids=np.full(N_TRACKS, -1, np.int64), colors=np.zeros((N_TRACKS, 3), np.uint8),
                   track_ids=np.arange(N_TRACKS, dtype=np.int64))
@@ -55,7 +48,7 @@ def _setup(motion_T_cw: np.ndarray):
     tracker._kf_idx = np.arange(N_TRACKS, dtype=np.int64)
     tracker._steps = np.full((N_TRACKS, 2), np.nan, np.float32)
     gray = np.zeros((480, 640), np.uint8)
-    frame = Frame(index=5, timestamp=5 / 30, gray=gray, features=_features(np.zeros((0, 2))),
+    frame = Frame(index=5, timestamp=5 / 30, gray=gray, features=binary_features(np.zeros((0, 2))),
                   kp_undist=np.zeros((0, 2)), inv_sigma2=np.zeros(0), colors=np.zeros((0, 3), np.uint8),
                   image=np.zeros((480, 640, 3), np.uint8))
     return tracker, frame, point_ids
