@@ -646,11 +646,8 @@ class FlowTracker(Tracker):
             X = np.array([p.position for p in pts])
             normals = np.array([p.normal for p in pts])
             d_range = np.array([(p.min_distance, p.max_distance) for p in pts])
-        ray = X - invert(frame.T_cw)[:3, 3]
-        dist = np.linalg.norm(ray, axis=1)
-        cos_view = np.einsum("ij,ij->i", -ray, normals) / np.maximum(dist, 1e-12)
-        uv = self.camera.project(X @ frame.T_cw[:3, :3].T + frame.T_cw[:3, 3])
-        seen = (cos_view > 0.5) & (dist >= 0.8 * d_range[:, 0]) & (dist <= 1.2 * d_range[:, 1])
+        _, seen = self._searchable_from(frame.T_cw, X, normals, d_range[:, 0], d_range[:, 1])
+        uv = self.camera.project(X @ frame.T_cw[:3, :3].T + frame.T_cw[:3, 3])  # distorted, as the mask
         seen &= self.camera.in_image(uv)  # False for NaN (behind the camera)
         mask = getattr(frame, "mask", None)
         if mask is not None and np.any(seen):

@@ -560,6 +560,18 @@ class Tracker:
                 self._ref_kf = ranked[0]
             return local
 
+    @staticmethod
+    def _searchable_from(T_cw: np.ndarray, X: np.ndarray, normals: np.ndarray, dmin: np.ndarray,
+                         dmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Distances ``(N,)`` from the camera ``T_cw`` to points ``X (N, 3)``, and whether the local-map search
+        looks for each one from there: within its scale range (0.8 ``dmin`` to 1.2 ``dmax``) and at most 60
+        degrees off its mean viewing direction ``normals (N, 3)``. Whether it projects into the image is
+        left to the caller."""
+        ray = X - invert(T_cw)[:3, 3]
+        dist = np.linalg.norm(ray, axis=1)
+        cos_view = np.einsum("ij,ij->i", -ray, normals) / np.maximum(dist, 1e-12)
+        return dist, (dist >= 0.8 * dmin) & (dist <= 1.2 * dmax) & (cos_view > 0.5)
+
     def _track_local_map(self, frame: Frame) -> bool:
         from slam.features.matching import search_by_projection
 
@@ -578,11 +590,8 @@ class Tracker:
         if pts:
             T = frame.T_cw
             uv, z = self._project(T, X)
-            center = invert(T)[:3, 3]
-            ray = X - center
-            dist = np.linalg.norm(ray, axis=1)
-            cos_view = np.einsum("ij,ij->i", -ray, normals) / np.maximum(dist, 1e-12)
-            vis = (z > 0) & self.camera.in_image(uv) & (dist >= 0.8 * dmin) & (dist <= 1.2 * dmax) & (cos_view > 0.5)
+            dist, searchable = self._searchable_from(T, X, normals, dmin, dmax)
+            vis = (z > 0) & self.camera.in_image(uv) & searchable
             vis_idx = np.flatnonzero(vis)
             if len(vis_idx):
                 for i in vis_idx:
