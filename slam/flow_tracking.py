@@ -148,6 +148,7 @@ class FlowTracker(Tracker):
         self._init_frame: Frame | None = None
         self._init_pts0 = np.zeros((0, 2), np.float32)
         self._num_tracks_at_kf = 0
+        self._noise_scale = 1.0  # the flow tracks' pixel noise in units of the 1 px model (>= 1)
         self.num_fallbacks = 0
         self.num_two_view = 0
         self.num_init_gap = 0
@@ -182,7 +183,8 @@ class FlowTracker(Tracker):
 
         frame.features = features
         frame.kp_undist = self.camera.undistort_points(features.keypoints) if len(features) else np.zeros((0, 2))
-        frame.inv_sigma2 = 1.0 / features.scale_factor ** (2.0 * features.octaves.astype(np.float64))
+        frame.inv_sigma2 = 1.0 / (features.scale_factor ** (2.0 * features.octaves.astype(np.float64))
+                                  * self._noise_scale ** 2)
         frame.colors = sample_colors(frame.image, features.keypoints)
         frame.point_ids = np.full(len(features), -1, np.int64)
         frame.track_ids = np.asarray(track_ids, np.int64)
@@ -214,7 +216,7 @@ class FlowTracker(Tracker):
         t = self.tcfg
         with self.timer.stage("flow"):
             p1, good = track_flow(self._prev_gray, frame.gray, self._pts, t.flow_win_size, t.flow_levels,
-                                  t.flow_fb_threshold_px, mask, guess, t.flow_iterations, t.flow_epsilon_px,
+                                  t.flow_fb_threshold_px * self._noise_scale, mask, guess, t.flow_iterations, t.flow_epsilon_px,
                                   t.flow_guess_levels if t.flow_guess_levels >= 0 else None)
         self._steps = p1 - self._pts
         self._pts = p1
@@ -408,6 +410,7 @@ class FlowTracker(Tracker):
             return False
         with self.timer.stage("pose"):
             res = optimize_pose(T_pred, X, frame.kp_undist[has], frame.inv_sigma2[has], self.intrinsics)
+        self._update_noise_scale(np.asarray(res.T_cw, np.float64), X, frame.kp_undist[has])
         inl = np.asarray(res.inliers, bool)
         if np.count_nonzero(inl) < self.tcfg.min_tracked_points:
             return False
@@ -426,6 +429,26 @@ class FlowTracker(Tracker):
             pid_full[has[inl]] = ids[inl]
             frame.point_ids[:] = pid_full[sel]
         return True
+
+    def _update_noise_scale(self, T_cw: np.ndarray, X: np.ndarray, uv: np.ndarray) -> None:
+        """Update the running estimate of the tracks' pixel noise from one pose: world points ``X (N, 3)``,
+        their tracks ``uv (N, 2)`` (undistorted pixels), the optimised ``T_cw``.
+
+        The median reprojection error of all tracks (inliers or not: the median ignores up to half of them
+        being wrong) over 1.1774 (the median of a 2-D Gaussian error's length in sigmas) estimates sigma;
+        an exponential average over frames smooths it, clamped to ``[1, flow_noise_max_scale]``, so clean
+        video keeps the 1 px model exactly.
+        """
+        limit = self.tcfg.flow_noise_max_scale
+        if limit <= 1.0:
+            return
+        Xc = X @ T_cw[:3, :3].T + T_cw[:3, 3]
+        front = Xc[:, 2] > 0
+        if np.count_nonzero(front) < self.tcfg.min_tracked_points:
+            return
+        err = np.linalg.norm(self.camera.project_ideal(Xc[front]) - uv[front], axis=1)
+        sigma = float(np.median(err)) / 1.1774
+        self._noise_scale = float(np.clip(0.7 * self._noise_scale + 0.3 * sigma, 1.0, limit))
 
     def _pose_from_keyframe_motion(self, frame: Frame, point_ids: np.ndarray,
                                    min_parallax_deg: float | None = None) -> bool:
