@@ -216,7 +216,8 @@ class FlowTracker(Tracker):
         t = self.tcfg
         with self.timer.stage("flow"):
             p1, good = track_flow(self._prev_gray, frame.gray, self._pts, t.flow_win_size, t.flow_levels,
-                                  t.flow_fb_threshold_px * self._noise_scale, mask, guess, t.flow_iterations, t.flow_epsilon_px,
+                                  t.flow_fb_threshold_px * self._noise_scale, mask, guess, t.flow_iterations,
+                                  t.flow_epsilon_px,
                                   t.flow_guess_levels if t.flow_guess_levels >= 0 else None)
         self._steps = p1 - self._pts
         self._pts = p1

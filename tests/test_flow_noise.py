@@ -45,8 +45,8 @@ def test_noise_scale_weights_every_observation_of_a_frame():
 
     tracker = _tracker()
     _observe(tracker, 2.0)
-    frame = Frame(index=0, timestamp=0.0, gray=np.zeros((480, 640), np.uint8), features=binary_features(np.zeros((0, 2))),
-                  kp_undist=np.zeros((0, 2)), inv_sigma2=np.zeros(0), colors=np.zeros((0, 3), np.uint8),
+    frame = Frame(index=0, timestamp=0.0, gray=np.zeros((480, 640), np.uint8),
+                  features=binary_features(np.zeros((0, 2))), kp_undist=np.zeros((0, 2)), inv_sigma2=np.zeros(0), colors=np.zeros((0, 3), np.uint8),
                   image=np.zeros((480, 640, 3), np.uint8))
     uv = np.array([[100.0, 100.0], [300.0, 200.0]])
     tracker._set_keypoints(frame, tracker._flow_features(uv), np.arange(2))
