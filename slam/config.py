@@ -109,8 +109,9 @@ class TrackingConfig:
     flow_min_corner_distance_px: int = 10
     flow_max_corners: int = 1000
     # noisy, low-contrast video: the flow tracks' pixel noise is estimated from the pose residuals (each
-    # frame's median, averaged over frames) and, where it exceeds 1 px, scales the forward-backward threshold and every observation's
-    # sigma (pose, triangulation, fusion, BA) by it, up to this factor; 1 keeps the fixed 1 px model
+    # frame's median, averaged over frames) and, where it exceeds 1 px, scales the forward-backward
+    # threshold and every observation's sigma (pose, triangulation, fusion, BA) by it, up to this factor;
+    # 1 keeps the fixed 1 px model
     flow_noise_max_scale: float = 3.0
 
 

@@ -18,6 +18,7 @@ import logging
 import numpy as np
 
 from slam.features.base import Features
+from slam.features.masks import usable_at
 from slam.features.photometric import normalize_luminance, to_gray
 from slam.geometry.se3 import invert
 from slam.map.frame import Frame
@@ -102,9 +103,7 @@ def track_flow(prev_gray: np.ndarray, gray: np.ndarray, pts: np.ndarray, win: in
     h, w = gray.shape[:2]
     good &= (p1[:, 0] >= 0) & (p1[:, 1] >= 0) & (p1[:, 0] <= w - 1) & (p1[:, 1] <= h - 1)
     if mask is not None and np.any(good):
-        xi = np.clip(np.rint(p1[:, 0]).astype(int), 0, w - 1)
-        yi = np.clip(np.rint(p1[:, 1]).astype(int), 0, h - 1)
-        good &= mask[yi, xi] > 0
+        good &= usable_at(mask, p1)
     return p1, good
 
 
@@ -675,9 +674,7 @@ class FlowTracker(Tracker):
         seen &= self.camera.in_image(uv)  # False for NaN (behind the camera)
         mask = getattr(frame, "mask", None)
         if mask is not None and np.any(seen):
-            xi = np.clip(np.rint(uv[seen, 0]).astype(int), 0, mask.shape[1] - 1)
-            yi = np.clip(np.rint(uv[seen, 1]).astype(int), 0, mask.shape[0] - 1)
-            seen[seen] = mask[yi, xi] > 0
+            seen[seen] = usable_at(mask, uv[seen])
         in_view = int(np.count_nonzero(seen))
         if in_view <= need:
             return False

@@ -114,6 +114,15 @@ def erode_mask(mask: np.ndarray, px: int) -> np.ndarray:
     return cv2.erode(out, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
 
 
+def usable_at(mask: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: whether ``mask (H, W)`` (non-zero = usable) is usable at the nearest pixel of each of
+    ``uv (N, 2)`` (x, y); positions outside the image take the nearest edge pixel."""
+    h, w = mask.shape[:2]
+    xi = np.clip(np.rint(uv[:, 0]).astype(int), 0, w - 1)
+    yi = np.clip(np.rint(uv[:, 1]).astype(int), 0, h - 1)
+    return mask[yi, xi] > 0
+
+
 def combine_masks(*masks: np.ndarray | None) -> np.ndarray | None:
     """Pixel-wise AND of usable-masks (non-zero = usable); ``None`` entries are ignored.
 
