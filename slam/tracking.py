@@ -666,10 +666,13 @@ class Tracker:
         return float(np.median(z)) if len(z) else None
 
     def _recent_speed(self) -> float | None:
-        """Median camera speed (distance per frame) over the last frames tracked with map points."""
+        """The camera's cruising speed (distance per frame) before the loss: the upper quartile over the last
+        frames tracked with map points. A view is mostly lost when the camera stops and looks around; it
+        then moves on at its usual pace, not at the pace of the stop, which a median over the slowing frames
+        would give."""
         if len(self._speed_samples) < 3:
             return None
-        return float(np.median(self._speed_samples))
+        return float(np.percentile(self._speed_samples, 75))
 
     def _note_motion(self, frame: Frame, last: Frame | None) -> None:
         if last is None or last.T_cw is None or frame.index <= last.index:
@@ -681,7 +684,7 @@ class Tracker:
             return  # turning: the speed of such frames says little about the usual pace
         step = np.linalg.norm(invert(frame.T_cw)[:3, 3] - invert(last.T_cw)[:3, 3]) / (frame.index - last.index)
         self._speed_samples.append(step)
-        del self._speed_samples[:-15]
+        del self._speed_samples[:-30]
 
     def _chain_to_previous_map(self, kf0: KeyFrame, kf1: KeyFrame) -> None:
         """Place a new map so that its first keyframe sits where the camera was last seen.
@@ -689,14 +692,15 @@ class Tracker:
         The scale comes from the camera speed before the loss (distance per frame), else from the
         scene depth seen last; both are priors, since no point is shared with the old map.
         """
-        scale = 1.0
+        scale, prior = 1.0, "none"
         speed_old = self._recent_speed()
         frames = max(kf1.frame_index - kf0.frame_index, 1)
         speed_new = np.linalg.norm(kf1.center - kf0.center) / frames
         if speed_old is not None and speed_new > 0:
-            scale = speed_old / speed_new
+            scale, prior = speed_old / speed_new, "cruising speed before the loss"
         elif self._last_good_depth is not None:
-            scale = self._last_good_depth  # the new map's median depth is 1
+            scale, prior = self._last_good_depth, "scene depth seen last"  # the new map's median depth is 1
+        log.info("map %d placed where the last one ended, scale %.4g (prior: %s)", self.map.id, scale, prior)
         T_new_old = self._last_good_T_wc @ kf0.T_cw  # kf0's world frame -> previous world frame
         self.map.transform(T_new_old, scale)
         self._speed_samples = []

@@ -87,6 +87,19 @@ def test_two_view_scale_without_shared_map_points_is_reported_as_a_guess():
     assert 0.5 < np.linalg.norm(c_est) / np.linalg.norm(c_true) < 2.0
 
 
+def test_speed_prior_is_the_cruising_pace_not_the_pace_of_the_stop():
+    """A new map after a stop-and-turn takes the scale from the camera's usual speed before the loss."""
+    tracker, _, _ = _setup(np.eye(4))
+    assert tracker._recent_speed() is None  # too few samples: no prior
+    cruise = [0.013, 0.012, 0.014, 0.011, 0.013, 0.012, 0.013, 0.014]
+    stop = [0.006, 0.004, 0.003, 0.002, 0.001, 0.0008, 0.0007, 0.0007]  # slowing down, then turning in place
+    tracker._speed_samples = cruise + stop
+    assert np.median(cruise + stop) < 0.009  # what a median would give
+    assert 0.011 <= tracker._recent_speed() <= 0.014
+    tracker._speed_samples = cruise
+    assert tracker._recent_speed() == pytest.approx(np.percentile(cruise, 75))
+
+
 @pytest.mark.parametrize("t", [(0.0, 0.0, 0.0), (0.002, 0.0, 0.0)])
 def test_no_two_view_pose_without_parallax(t):
     """A turn in place (or nearly): the tracks cannot place the camera, so rotation-only tracking takes over."""
