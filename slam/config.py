@@ -113,6 +113,12 @@ class TrackingConfig:
     # threshold and every observation's sigma (pose, triangulation, fusion, BA) by it, up to this factor;
     # 1 keeps the fixed 1 px model
     flow_noise_max_scale: float = 3.0
+    # after a scale guess (no map point spans a turn), once this many frames have moved on, the part since
+    # the guess is rescaled when its speed and the cruising speed before differ by more than the ratio
+    # (0 frames: never); a camera's pace itself varies (rooms: 1.2-1.7x across a turn), so only a larger
+    # disagreement counts as a wrong guess
+    guess_check_frames: int = 15
+    guess_check_ratio: float = 1.6
 
 
 @dataclass

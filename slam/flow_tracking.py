@@ -508,6 +508,7 @@ class FlowTracker(Tracker):
         self.num_two_view += 1
         if not from_points:
             self.scale_guess_frames.append(int(frame.index))
+            self._guessed_scale_from(frame.index, -T_kf[:3, :3].T @ T_kf[:3, 3])
             log.warning("frame %d: no map point is seen both before and after this motion; the new view's "
                         "scale is taken from the scene depth at keyframe %d, so the map's scale may jump here",
                         frame.index, anchor.id)

@@ -59,6 +59,9 @@ class LocalMapper:
     def wait_backlog(self, max_backlog: int, timeout: float = 10.0) -> None:
         """Nothing is ever waiting in the synchronous core."""
 
+    def wait_idle(self) -> None:
+        """The synchronous core is idle between calls."""
+
     def check(self) -> None:
         """Nothing to check in the synchronous core (errors propagate directly)."""
 

@@ -212,6 +212,7 @@ class System:
             # frames where the map's scale could not be carried over (no map point seen on both sides of
             # the motion) and was taken from the scene depth instead: the trajectory's scale may jump there
             "scale_guess_frames": list(getattr(self.tracker, "scale_guess_frames", [])),
+            "scale_corrections": int(self.tracker.num_scale_corrections),
             "wall_s": round(wall_s, 3),
             "fps": round(self.num_frames / wall_s, 3) if wall_s > 0 else 0.0,
             "stage_ms": mean,

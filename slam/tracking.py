@@ -100,6 +100,7 @@ class Tracker:
         self.records: list[FrameRecord] = []
         self.num_lost = 0
         self.num_resets = 0
+        self.num_scale_corrections = 0
         self.num_rotation_only = 0
         self._init_ref: Frame | None = None
         self._last: Frame | None = None
@@ -113,6 +114,9 @@ class Tracker:
         self._last_good_depth: float | None = None
         self._recent_depth: float | None = None
         self._speed_samples: list[float] = []
+        # after a guessed scale: (first source frame and first point id of the guessed part, pivot (3,),
+        # cruising speed before)
+        self._scale_check: tuple[int, int, np.ndarray, float] | None = None
         self._local_kfs: list[KeyFrame] = []
         self.max_levels = int(getattr(extractor, "num_levels", 8))
 
@@ -213,6 +217,7 @@ class Tracker:
         if self._last_good_T_wc is not None:
             self._chain_to_previous_map(kf0, kf1)
             cur.T_cw = kf1.T_cw.copy()
+        self._scale_check = None  # a guess pending in the old map is settled by the chain
         log.info(
             "map %d initialised from frames %d and %d with %d points (%s)",
             the_map.id, ref.index, cur.index, len(pts), getattr(res, "model", "?"),
@@ -357,6 +362,8 @@ class Tracker:
         if num >= 30 and not rotation_only:
             self._recent_depth = self._median_depth_last_of(frame) or self._recent_depth
             self._note_motion(frame, last)
+            if self._scale_check is not None and 0 < self.tcfg.guess_check_frames <= len(self._speed_samples):
+                self._check_guessed_scale(frame)
         self._last = frame
         self._last_good_T_wc = invert(frame.T_cw)
         return TrackResult(TRACKING, frame.T_cw, num, new_keyframe=new_kf)
@@ -669,7 +676,9 @@ class Tracker:
         """The camera's cruising speed (distance per frame) before the loss: the upper quartile over the last
         frames tracked with map points. A view is mostly lost when the camera stops and looks around; it
         then moves on at its usual pace, not at the pace of the stop, which a median over the slowing frames
-        would give."""
+        would give. While a scale guess awaits its check, the cruising speed from before the guess."""
+        if self._scale_check is not None:  # the speeds since a guess are at the guessed scale
+            return self._scale_check[3]
         if len(self._speed_samples) < 3:
             return None
         return float(np.percentile(self._speed_samples, 75))
@@ -685,6 +694,57 @@ class Tracker:
         step = np.linalg.norm(invert(frame.T_cw)[:3, 3] - invert(last.T_cw)[:3, 3]) / (frame.index - last.index)
         self._speed_samples.append(step)
         del self._speed_samples[:-30]
+
+    def _guessed_scale_from(self, from_frame: int, pivot: np.ndarray) -> None:
+        """The scale of the map from source frame ``from_frame`` on is a guess (no map point links it to
+        what came before); ``pivot (3,)``: the last camera centre whose scale is known. Once the camera has
+        moved on for a while, :meth:`_check_guessed_scale` compares its speed with the cruising speed
+        before. The mapper is let finish first, so that the points made from now on are the guessed ones."""
+        if self._scale_check is not None:  # a second guess before the check: one check covers both
+            self._speed_samples = []
+            return
+        cruise = self._recent_speed()
+        if cruise is not None:
+            self.mapper.wait_idle()  # every point made from now on belongs to the guessed part
+            self._scale_check = (int(from_frame), self.map.next_point_id, np.asarray(pivot, np.float64), cruise)
+        self._speed_samples = []
+
+    def _check_guessed_scale(self, frame: Frame) -> None:
+        """After a guessed scale: when the camera's speed since then and its cruising speed before (both the
+        upper quartile of the distances a frame, in map units) disagree by more than
+        ``tracking.guess_check_ratio``, the part of the map made since the guess is scaled about the pivot so
+        that they agree. It is the prior that places a new map after a loss (a camera that stopped and
+        turned moves on at its usual pace); in the rooms it was right where the scene-depth guess was off up
+        to 2.3x. The mapper is let finish first; the frame's pose, the motion model and the recorded frames
+        follow."""
+        from_frame, from_point, pivot, cruise = self._scale_check
+        self._scale_check = None
+        speed = float(np.percentile(self._speed_samples, 75))  # the same statistic as the cruising speed
+        if not speed > 0:
+            return
+        f = cruise / speed
+        if abs(np.log(f)) <= np.log(self.tcfg.guess_check_ratio):
+            log.debug("frame %d: the guessed scale agrees with the speed before it (ratio %.2f)", frame.index, f)
+            return
+        self.mapper.wait_idle()
+        ids, moved = self.map.rescale_part(from_frame, from_point, pivot, f)
+        self.map.update_points_geometry(moved, self.extractor_scale_factor(), self.max_levels)
+        for r in self.records:
+            if r.map_id == self.map.id and r.ref_kf.id in ids:
+                r.T_c_ref = r.T_c_ref.copy()
+                r.T_c_ref[:3, 3] *= f
+        c = -frame.T_cw[:3, :3].T @ frame.T_cw[:3, 3]
+        frame.T_cw = frame.T_cw.copy()
+        frame.T_cw[:3, 3] = -frame.T_cw[:3, :3] @ (pivot + f * (c - pivot))
+        if self._velocity is not None:
+            self._velocity = self._velocity.copy()
+            self._velocity[:3, 3] *= f
+        self._speed_samples = [v * f for v in self._speed_samples]
+        if self._recent_depth is not None:
+            self._recent_depth *= f
+        self.num_scale_corrections += 1
+        log.info("frame %d: the map since frame %d was scaled by %.3f (its speed %.4g against %.4g before the "
+                 "guess; %d keyframes, %d points)", frame.index, from_frame, f, speed, cruise, len(ids), len(moved))
 
     def _chain_to_previous_map(self, kf0: KeyFrame, kf1: KeyFrame) -> None:
         """Place a new map so that its first keyframe sits where the camera was last seen.

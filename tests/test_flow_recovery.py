@@ -106,3 +106,67 @@ def test_no_two_view_pose_without_parallax(t):
     tracker, frame, point_ids = _setup(_motion(8.0, t))
     assert not tracker._pose_from_keyframe_motion(frame, point_ids)
     assert tracker.num_two_view == 0
+
+
+def _keyframe_at(the_map, frame_index: int, T_cw: np.ndarray, n: int = 4) -> KeyFrame:
+    uv = np.full((n, 2), 100.0)
+    kf = KeyFrame(id=the_map.new_keyframe_id(), frame_index=frame_index, timestamp=frame_index / 30.0,
+                  T_cw=T_cw, features=binary_features(uv), kp_undist=uv.astype(np.float64),
+                  inv_sigma2=np.ones(n), point_ids=np.full(n, -1, np.int64), colors=np.zeros((n, 3), np.uint8))
+    the_map.add_keyframe(kf)
+    return kf
+
+
+def test_guessed_part_of_the_map_is_rescaled_to_the_speed_before_the_guess():
+    """After a guess, the camera moves twice as fast (in map units) as it cruised before: the part made
+    since the guess (keyframes, points, recorded frames, the frame, the motion model) is scaled by 1/2
+    about the last centre of known scale; what came before stays."""
+    from slam.tracking import FrameRecord
+
+    tracker, frame, _ = _setup(np.eye(4))
+    the_map = tracker.map
+    old_kf = next(iter(the_map.keyframes.values()))  # frame 0, at the origin: the pivot
+    old_pt = the_map.create_point(np.array([0.0, 0.0, 5.0]), old_kf.features.descriptors[0], old_kf, 0)
+    tracker._speed_samples = [0.02] * 10
+    tracker._guessed_scale_from(3, old_kf.center)
+    T_new = np.eye(4)
+    T_new[:3, :3] = so3_exp(np.radians(40.0) * np.array([0.0, 1.0, 0.0]))
+    T_new[:3, 3] = -T_new[:3, :3] @ np.array([0.4, 0.0, 0.2])  # centre (0.4, 0, 0.2)
+    new_kf = _keyframe_at(the_map, 3, T_new)
+    new_pt = the_map.create_point(np.array([1.0, 0.5, 6.0]), new_kf.features.descriptors[0], new_kf, 0)
+    old_kf_pt_ids = old_kf.point_ids.copy()
+    bearing = new_pt.position / np.linalg.norm(new_pt.position)  # from the pivot (the origin)
+    rec = FrameRecord(4, 4 / 30, the_map.id, new_kf, np.eye(4))
+    rec.T_c_ref[:3, 3] = [0.0, 0.0, -0.08]
+    tracker.records.append(rec)
+    T_frame = T_new.copy()
+    T_frame[:3, 3] -= T_new[:3, :3] @ np.array([0.08, 0.0, 0.0])  # frame centre (0.48, 0, 0.2)
+    frame.T_cw = T_frame.copy()
+    tracker._velocity = np.eye(4)
+    tracker._velocity[:3, 3] = [0.0, 0.0, -0.04]
+    tracker._speed_samples = [0.04] * tracker.tcfg.guess_check_frames
+    tracker._check_guessed_scale(frame)
+    assert tracker.num_scale_corrections == 1 and tracker._scale_check is None
+    np.testing.assert_allclose(new_kf.center, [0.2, 0.0, 0.1], atol=1e-12)
+    np.testing.assert_allclose(new_kf.T_cw[:3, :3], T_new[:3, :3])
+    np.testing.assert_allclose(new_pt.position, [0.5, 0.25, 3.0], atol=1e-12)
+    np.testing.assert_allclose(new_pt.position / np.linalg.norm(new_pt.position), bearing, atol=1e-12)
+    np.testing.assert_allclose(old_kf.T_cw, np.eye(4))  # the part before the guess stays
+    np.testing.assert_allclose(old_pt.position, [0.0, 0.0, 5.0])
+    np.testing.assert_array_equal(old_kf.point_ids, old_kf_pt_ids)
+    np.testing.assert_allclose(rec.T_c_ref[:3, 3], [0.0, 0.0, -0.04])
+    np.testing.assert_allclose(invert(frame.T_cw)[:3, 3], [0.24, 0.0, 0.1], atol=1e-12)
+    np.testing.assert_allclose(tracker._velocity[:3, 3], [0.0, 0.0, -0.02])
+
+
+def test_guessed_scale_that_agrees_with_the_speed_before_is_left_alone():
+    tracker, frame, _ = _setup(np.eye(4))
+    kf = next(iter(tracker.map.keyframes.values()))
+    tracker._speed_samples = [0.02] * 10
+    tracker._guessed_scale_from(0, np.array([0.0, 0.0, -1.0]))
+    frame.T_cw = np.eye(4)
+    tracker._speed_samples = [0.022] * tracker.tcfg.guess_check_frames  # within tracking.guess_check_ratio
+    tracker._check_guessed_scale(frame)
+    assert tracker.num_scale_corrections == 0 and tracker._scale_check is None
+    np.testing.assert_allclose(kf.T_cw, np.eye(4))
+    np.testing.assert_allclose(frame.T_cw, np.eye(4))
