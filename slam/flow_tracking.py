@@ -462,6 +462,7 @@ class FlowTracker(Tracker):
         kept at the old centre, as rotation-only tracking does, never gives one). ``min_parallax_deg``
         (default ``mapping.min_parallax_deg``) is lowered once a rotation no longer explains the tracks.
         """
+        from slam.geometry.triangulation import camera_center
         from slam.geometry.two_view import initialize_two_view
 
         t = self.tcfg
@@ -508,7 +509,7 @@ class FlowTracker(Tracker):
         self.num_two_view += 1
         if not from_points:
             self.scale_guess_frames.append(int(frame.index))
-            self._guessed_scale_from(frame.index, -T_kf[:3, :3].T @ T_kf[:3, 3])
+            self._guessed_scale_from(frame.index, camera_center(T_kf))
             log.warning("frame %d: no map point is seen both before and after this motion; the new view's "
                         "scale is taken from the scene depth at keyframe %d, so the map's scale may jump here",
                         frame.index, anchor.id)

@@ -717,6 +717,8 @@ class Tracker:
         turned moves on at its usual pace); in the rooms it was right where the scene-depth guess was off up
         to 2.3x. The mapper is let finish first; the frame's pose, the motion model and the recorded frames
         follow."""
+        from slam.geometry.triangulation import camera_center
+
         from_frame, from_point, pivot, cruise = self._scale_check
         self._scale_check = None
         speed = float(np.percentile(self._speed_samples, 75))  # the same statistic as the cruising speed
@@ -733,7 +735,7 @@ class Tracker:
             if r.map_id == self.map.id and r.ref_kf.id in ids:
                 r.T_c_ref = r.T_c_ref.copy()
                 r.T_c_ref[:3, 3] *= f
-        c = -frame.T_cw[:3, :3].T @ frame.T_cw[:3, 3]
+        c = camera_center(frame.T_cw)
         frame.T_cw = frame.T_cw.copy()
         frame.T_cw[:3, 3] = -frame.T_cw[:3, :3] @ (pivot + f * (c - pivot))
         if self._velocity is not None:
