@@ -22,31 +22,35 @@ def _project(cam: Camera, T_cw: np.ndarray, X: np.ndarray) -> np.ndarray:
     return cam.project_ideal(X @ T_cw[:3, :3].T + T_cw[:3, 3])
 
 
-def _setup(motion_T_cw: np.ndarray):
-    """A tracker whose only keyframe (at the origin) shares every flow track with the current frame."""
-    rng = np.random.default_rng(7)
+def _setup(motion_T_cw: np.ndarray, X: np.ndarray | None = None, noise_px: float = 0.3, seed: int = 7):
+    """A tracker whose only keyframe (at the origin) shares every flow track with the current frame.
+
+    X (N, 3): the tracked points (default: spread over the view, 4-9 units deep)."""
+    rng = np.random.default_rng(seed)
     cam = Camera(640, 480, 500.0, 500.0, 320.0, 240.0, (0.0, 0.0, 0.0, 0.0, 0.0), "pinhole")
     cfg = load_config(None, ["system.sync=true", "features.type=orb", "tracking.frontend=hybrid"])
     system = System(cfg, cam)
     tracker = system.tracker
-    X = np.c_[rng.uniform(-2.5, 2.5, (N_TRACKS, 2)), rng.uniform(4.0, 9.0, N_TRACKS)]
+    if X is None:
+        X = np.c_[rng.uniform(-2.5, 2.5, (N_TRACKS, 2)), rng.uniform(4.0, 9.0, N_TRACKS)]
+    n = len(X)
     T0 = np.eye(4)
     uv0 = _project(cam, T0, X)
-    uv1 = _project(cam, motion_T_cw, X) + rng.normal(0, 0.3, (N_TRACKS, 2))
+    uv1 = _project(cam, motion_T_cw, X) + rng.normal(0, noise_px, (n, 2))
     the_map = tracker.map
     kf = KeyFrame(id=the_map.new_keyframe_id(), frame_index=0, timestamp=0.0, T_cw=T0, features=binary_features(uv0),
-                  kp_undist=uv0.astype(np.float64), inv_sigma2=np.ones(N_TRACKS),
-                  point_ids=np.full(N_TRACKS, -1, np.int64), colors=np.zeros((N_TRACKS, 3), np.uint8),
-                  track_ids=np.arange(N_TRACKS, dtype=np.int64))
+                  kp_undist=uv0.astype(np.float64), inv_sigma2=np.ones(n),
+                  point_ids=np.full(n, -1, np.int64), colors=np.zeros((n, 3), np.uint8),
+                  track_ids=np.arange(n, dtype=np.int64))
     the_map.add_keyframe(kf)
-    point_ids = np.full(N_TRACKS, -1, np.int64)
+    point_ids = np.full(n, -1, np.int64)
     for j in range(N_MAPPED):
         point_ids[j] = the_map.create_point(X[j], kf.features.descriptors[j], kf, j).id
     tracker._last_kf = tracker._ref_kf = kf
     tracker._pts = uv1.astype(np.float32)
-    tracker._tids = np.arange(N_TRACKS, dtype=np.int64)
-    tracker._kf_idx = np.arange(N_TRACKS, dtype=np.int64)
-    tracker._steps = np.full((N_TRACKS, 2), np.nan, np.float32)
+    tracker._tids = np.arange(n, dtype=np.int64)
+    tracker._kf_idx = np.arange(n, dtype=np.int64)
+    tracker._steps = np.full((n, 2), np.nan, np.float32)
     gray = np.zeros((480, 640), np.uint8)
     frame = Frame(index=5, timestamp=5 / 30, gray=gray, features=binary_features(np.zeros((0, 2))),
                   kp_undist=np.zeros((0, 2)), inv_sigma2=np.zeros(0), colors=np.zeros((0, 3), np.uint8),
@@ -106,6 +110,47 @@ def test_no_two_view_pose_without_parallax(t):
     tracker, frame, point_ids = _setup(_motion(8.0, t))
     assert not tracker._pose_from_keyframe_motion(frame, point_ids)
     assert tracker.num_two_view == 0
+
+
+def _edge_of_view_turn(seed: int, n: int = 100):
+    """A 45 degree turn with 1.5 cm of sideways motion (0.2 degrees of parallax) seen by ``n`` tracks in the
+    strip of the view that stays in sight: the translation is below what the tracks resolve."""
+    rng = np.random.default_rng(100 + seed)
+    z = rng.uniform(3.0, 5.0, n)
+    u, v = rng.uniform(400.0, 620.0, n), rng.uniform(40.0, 440.0, n)
+    X = np.c_[(u - 320.0) / 500.0 * z, (v - 240.0) / 500.0 * z, z]
+    T = np.eye(4)
+    T[:3, :3] = so3_exp(np.radians(-45.0) * np.array([0.0, 1.0, 0.0]))
+    T[:3, 3] = (0.015, 0.0, 0.0)
+    return T, X
+
+
+def test_a_turn_with_unresolved_translation_gives_no_two_view_pose():
+    """Where a rotation explains the tracks, an essential matrix fits their noise: its translation points
+    anywhere (and sets the new view's scale), so the tracker keeps to rotation-only tracking instead."""
+    from slam.geometry.two_view import initialize_two_view
+
+    wrong_essential = 0
+    for seed in range(12):
+        truth, X = _edge_of_view_turn(seed)
+        tracker, frame, point_ids = _setup(truth, X, noise_px=1.0, seed=seed)
+        x1 = tracker.camera.normalize(tracker._last_kf.features.keypoints)
+        x2 = tracker.camera.normalize(tracker._pts)
+        res = initialize_two_view(x1, x2, tracker.focal, min_parallax_deg=1.0, min_triangulated=60, seed=0)
+        if res.ok:
+            t_est = np.asarray(res.T_21)[:3, 3]
+            cos = abs(t_est @ truth[:3, 3]) / (np.linalg.norm(t_est) * np.linalg.norm(truth[:3, 3]))
+            wrong_essential += cos < np.cos(np.radians(20.0))
+        assert not tracker._pose_from_keyframe_motion(frame, point_ids)
+        assert tracker.num_two_view == 0
+    assert wrong_essential >= 2  # the case is real: unchecked, an essential matrix passes, pointing elsewhere
+
+
+def test_a_rotation_does_not_explain_a_translating_camera():
+    truth = _motion(6.0, (-0.35, 0.05, 0.1))
+    tracker, _, _ = _setup(truth)
+    x1 = tracker.camera.normalize(tracker._last_kf.features.keypoints)
+    assert not tracker._rotation_explains(x1, tracker.camera.normalize(tracker._pts))
 
 
 def _keyframe_at(the_map, frame_index: int, T_cw: np.ndarray, n: int = 4) -> KeyFrame:
