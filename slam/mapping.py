@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -44,6 +45,8 @@ class LocalMapper:
         self.bundle_solver = None  # bundle_adjust's stand-in (LocalMapperThread: a BundleProcess); None: in-process
         self._recent_points: list[tuple[MapPoint, int]] = []
         self.num_processed = 0
+        # called once per processed keyframe, as soon as its new points are in the map (before local BA)
+        self.on_points_ready: Callable[[], None] | None = None
 
     @property
     def idle(self) -> bool:
@@ -58,6 +61,9 @@ class LocalMapper:
 
     def wait_backlog(self, max_backlog: int, timeout: float = 10.0) -> None:
         """Nothing is ever waiting in the synchronous core."""
+
+    def wait_points(self, timeout: float = 10.0) -> None:
+        """The synchronous core has made every inserted keyframe's points already."""
 
     def wait_idle(self) -> None:
         """The synchronous core is idle between calls."""
@@ -81,6 +87,8 @@ class LocalMapper:
                 self._create_new_points(the_map, kf)
             with self.timer.stage("fuse"):
                 self._fuse(the_map, kf)
+            if self.on_points_ready is not None:
+                self.on_points_ready()
             if len(the_map.keyframes) >= 2:
                 with self.timer.stage("ba"):
                     self._local_ba(the_map, kf)
@@ -452,6 +460,11 @@ class LocalMapperThread:
         self._idle_cond = threading.Condition()
         self._error: BaseException | None = None
         self._bundle_process = None
+        # keyframes inserted, and keyframes whose new points are in the map (both only grow; FIFO order)
+        self._inserted = 0
+        self._points_done = 0
+        self._points_signalled = False
+        core.on_points_ready = self._signal_points
         if core.mcfg.ba_process and core.bundle_solver is None:
             from slam.optim.bundle_process import BundleProcess
 
@@ -469,7 +482,16 @@ class LocalMapperThread:
     def insert(self, kf: KeyFrame) -> None:
         self.check()
         self.core.abort_ba.set()
+        self._inserted += 1
         self._queue.put(kf)
+
+    def _signal_points(self) -> None:
+        """Mapping thread: the keyframe in work has its new points (at most once per keyframe)."""
+        if not self._points_signalled:
+            self._points_signalled = True
+            with self._idle_cond:
+                self._points_done += 1
+                self._idle_cond.notify_all()
 
     def check(self) -> None:
         """Re-raise, in the caller's thread, an exception that stopped the mapping thread."""
@@ -483,6 +505,7 @@ class LocalMapperThread:
                 self._queue.task_done()
                 return
             self._busy.set()
+            self._points_signalled = False
             try:
                 if self._error is None:
                     self.core.process(kf)
@@ -490,6 +513,7 @@ class LocalMapperThread:
                 log.debug("local mapping failed on keyframe %d", kf.id, exc_info=True)
                 self._error = exc
             finally:
+                self._signal_points()  # skipped keyframes (culled, old map) and failures count as done
                 self._busy.clear()
                 self._queue.task_done()
                 with self._idle_cond:
@@ -511,6 +535,23 @@ class LocalMapperThread:
         end = time.monotonic() + timeout
         with self._idle_cond:
             while self.backlog > max_backlog and self._thread.is_alive() and self._error is None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                self._idle_cond.wait(left)
+
+    def wait_points(self, timeout: float = 10.0) -> None:
+        """Block (up to ``timeout`` s) until every keyframe inserted so far has its new points in the map.
+
+        Unlike :meth:`wait_backlog` this does not wait for local BA: the tracker needs the points that
+        reach into the new view, and BA refines them while it tracks on.
+        """
+        import time
+
+        target = self._inserted
+        end = time.monotonic() + timeout
+        with self._idle_cond:
+            while self._points_done < target and self._thread.is_alive() and self._error is None:
                 left = end - time.monotonic()
                 if left <= 0:
                     return

@@ -309,7 +309,10 @@ class Tracker:
             # weakly tracked: let the mapper catch up before the next frame; else bound its queue
             weak = frame.num_matched < self.tcfg.keyframe_min_tracked * 2
             with self.timer.stage("wait_mapper"):
-                self.mapper.wait_backlog(0 if weak else 1)
+                if weak:
+                    self.mapper.wait_points()  # its new points, not its local BA
+                else:
+                    self.mapper.wait_backlog(1)
         return kf
 
     # =============================================================================== tracking
