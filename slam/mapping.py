@@ -530,15 +530,7 @@ class LocalMapperThread:
         Back-pressure for file input: a tracker far ahead of its mapper tracks against a map that has
         not grown into the new view yet and loses it. A live camera drops frames instead.
         """
-        import time
-
-        end = time.monotonic() + timeout
-        with self._idle_cond:
-            while self.backlog > max_backlog and self._thread.is_alive() and self._error is None:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return
-                self._idle_cond.wait(left)
+        self._wait_until(lambda: self.backlog <= max_backlog, timeout)
 
     def wait_points(self, timeout: float = 10.0) -> None:
         """Block (up to ``timeout`` s) until every keyframe inserted so far has its new points in the map.
@@ -546,12 +538,17 @@ class LocalMapperThread:
         Unlike :meth:`wait_backlog` this does not wait for local BA: the tracker needs the points that
         reach into the new view, and BA refines them while it tracks on.
         """
+        target = self._inserted
+        self._wait_until(lambda: self._points_done >= target, timeout)
+
+    def _wait_until(self, done: Callable[[], bool], timeout: float) -> None:
+        """Block until ``done()`` (checked whenever the mapping thread finishes a step), the thread stops
+        or fails, or ``timeout`` s pass."""
         import time
 
-        target = self._inserted
         end = time.monotonic() + timeout
         with self._idle_cond:
-            while self._points_done < target and self._thread.is_alive() and self._error is None:
+            while not done() and self._thread.is_alive() and self._error is None:
                 left = end - time.monotonic()
                 if left <= 0:
                     return
