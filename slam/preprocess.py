@@ -56,11 +56,13 @@ class FramePreprocessor:
         """Static mask combined with this frame's specular-highlight mask (255 = usable)."""
         mask = self.static_mask
         if self.cfg.masks.specular:
+            import cv2
+
             from slam.features.masks import specular_mask
 
             m = self.cfg.masks
             highlights = specular_mask(image, m.specular_value, m.specular_saturation, m.specular_dilate_px)
-            usable = np.where(highlights > 0, 0, 255).astype(np.uint8)
+            usable = cv2.bitwise_not(highlights)
             mask = usable if mask is None else np.minimum(mask, usable)
         return mask
 

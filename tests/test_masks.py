@@ -169,6 +169,22 @@ def test_load_mask_errors(tmp_path):
         load_mask(tmp_path / "empty.png")
 
 
+def test_specular_mask_is_the_hsv_definition_pixel_for_pixel():
+    """Bright (V >= 235) and nearly white (S <= 60): the mask equals OpenCV's HSV test, up to S's rounding."""
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (60, 80, 3)).astype(np.uint8)
+    img[rng.random((60, 80)) < 0.4] = rng.integers(200, 256, 3)
+    img[rng.random((60, 80)) < 0.2] = (250, 245, 240)
+    hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV).astype(int)
+    v, mn = img.max(axis=2).astype(int), img.min(axis=2).astype(int)
+    exact = (v >= 235) & (255 * (v - mn) <= 60 * v)
+    got = specular_mask(img, 235, 60, 0) > 0
+    assert exact.sum() > 100 and (~exact & (v >= 235)).sum() > 100  # both kinds of bright pixel occur
+    assert np.array_equal(got, exact)
+    assert np.mean(got == ((hsv[..., 2] >= 235) & (hsv[..., 1] <= 60))) > 0.99
+    assert not specular_mask(np.full((40, 40, 3), 100, np.uint8), 235, 60, 5).any()
+
+
 def test_specular_mask_finds_highlights_not_texture():
     rng = np.random.default_rng(2)
     img = texture(480, 640, rng)

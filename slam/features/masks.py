@@ -528,15 +528,18 @@ def specular_mask(
         gray = image.reshape(image.shape[:2])
         hi = cv2.threshold(gray, int(value_threshold) - 1, 255, cv2.THRESH_BINARY)[1]
     else:
-        v = cv2.max(cv2.max(image[:, :, 0], image[:, :, 1]), image[:, :, 2])
-        mn = cv2.min(cv2.min(image[:, :, 0], image[:, :, 1]), image[:, :, 2])
-        bright = v >= int(value_threshold)
-        # HSV saturation S = 255 (V - min) / V  <=  s_thr   <=>   255 (V - min) <= s_thr V
-        v16 = v.astype(np.int32)
-        low_sat = 255 * (v16 - mn) <= int(saturation_threshold) * v16
-        hi = np.where(bright & low_sat, 255, 0).astype(np.uint8)
+        b, g, r = (cv2.extractChannel(image, i) for i in range(3))
+        v = cv2.max(cv2.max(b, g), r)
+        hi = cv2.threshold(v, int(value_threshold) - 1, 255, cv2.THRESH_BINARY)[1]
+        if cv2.countNonZero(hi):  # usually few: the saturation test runs on the bright pixels only
+            ys, xs = np.nonzero(hi)
+            vb = v[ys, xs].astype(np.int32)
+            mn = np.minimum(np.minimum(b[ys, xs], g[ys, xs]), r[ys, xs]).astype(np.int32)
+            # HSV saturation S = 255 (V - min) / V  <=  s_thr   <=>   255 (V - min) <= s_thr V
+            coloured = 255 * (vb - mn) > int(saturation_threshold) * vb
+            hi[ys[coloured], xs[coloured]] = 0
     px = int(dilate_px)
-    if px > 0 and hi.any():
+    if px > 0 and cv2.countNonZero(hi):
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
         hi = cv2.dilate(hi, kernel)
     return hi
