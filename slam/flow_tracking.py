@@ -53,18 +53,13 @@ class _PyramidalLK:
 
 def _track_checked(lk: _PyramidalLK, img0: np.ndarray, img1: np.ndarray, p0: np.ndarray, start: np.ndarray | None,
                    search_levels: int, levels: int, fb_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Forward LK from ``start`` (None: from ``p0``) on ``search_levels``, then (``fb_threshold > 0``) the
-    backward check from scratch on ``levels`` (starting it at ``p0`` would let a wrong forward track pass)."""
+    """Forward LK from ``start`` on ``search_levels``, then (``fb_threshold > 0``) the backward check from
+    scratch on ``levels``."""
     p1, good = lk(img0, img1, p0, start, search_levels)
     if fb_threshold > 0:
         p0r, back = lk(img1, img0, p1, None, levels)
         good &= back & (np.linalg.norm(p0r - p0, axis=1) < fb_threshold)
     return p1, good
-
-
-def _inside(pts: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    h, w = shape[:2]
-    return (pts[:, 0] >= 0) & (pts[:, 1] >= 0) & (pts[:, 0] <= w - 1) & (pts[:, 1] <= h - 1)
 
 
 def track_flow(prev_gray: np.ndarray, gray: np.ndarray, pts: np.ndarray, win: int, levels: int,
@@ -77,8 +72,7 @@ def track_flow(prev_gray: np.ndarray, gray: np.ndarray, pts: np.ndarray, win: in
     ``guess (N, 2)`` predicts where each track lands (NaN rows: no prediction, search from the old
     position). With ``guess_levels`` below ``levels``, predicted tracks search only that many pyramid
     levels above the image (a good prediction needs no coarse search; this is most of the forward cost),
-    and those that fail there (or fail the backward check) are searched again from scratch with all levels,
-    unless the short search took them out of the image.
+    and those that fail there (or fail the backward check) are searched again from scratch with all levels.
 
     A track is good when LK converged both ways, the backward track (from scratch, all levels) returns
     within ``fb_threshold`` pixels, and the new position lies inside the image (and the mask).
@@ -95,17 +89,19 @@ def track_flow(prev_gray: np.ndarray, gray: np.ndarray, pts: np.ndarray, win: in
         guess = np.asarray(guess, np.float32).reshape(-1, 2)
         predicted = np.isfinite(guess).all(axis=1)
     short = levels if guess_levels is None else min(int(guess_levels), levels)
-    p1 = p0.copy()
-    good = np.zeros(n, bool)
-    retry = np.ones(n, bool)
-    rows = np.flatnonzero(predicted)
-    if len(rows):
+    if guess is None or short >= levels:
+        start = None if guess is None else np.where(predicted[:, None], guess, p0)
+        p1, good = _track_checked(lk, prev_gray, gray, p0, start, levels, levels, fb_threshold)
+    else:
+        p1 = p0.copy()
+        good = np.zeros(n, bool)
+        rows = np.flatnonzero(predicted)
         p1[rows], good[rows] = _track_checked(lk, prev_gray, gray, p0[rows], guess[rows], short, levels,
                                               fb_threshold)
-        retry[rows] = ~good[rows] & _inside(p1[rows], gray.shape) if short < levels else False
-    rows = np.flatnonzero(retry)  # no prediction, or lost in the short search: search from scratch
-    p1[rows], good[rows] = _track_checked(lk, prev_gray, gray, p0[rows], None, levels, levels, fb_threshold)
-    good &= _inside(p1, gray.shape)
+        rows = np.flatnonzero(~good)  # no prediction, or lost in the short search: search from scratch
+        p1[rows], good[rows] = _track_checked(lk, prev_gray, gray, p0[rows], None, levels, levels, fb_threshold)
+    h, w = gray.shape[:2]
+    good &= (p1[:, 0] >= 0) & (p1[:, 1] >= 0) & (p1[:, 0] <= w - 1) & (p1[:, 1] <= h - 1)
     if mask is not None and np.any(good):
         good &= usable_at(mask, p1)
     return p1, good
