@@ -132,6 +132,9 @@ class MappingConfig:
     # needs); --sync runs always adjust in-process
     ba_process: bool = True
     min_parallax_deg: float = 1.0
+    # new points only across baselines longer than this many times the two keyframes' centre uncertainty
+    # (KeyFrame.centre_sigma; 0: no such check)
+    min_baseline_sigmas: float = 3.0
     max_reprojection_px: float = 2.5
     point_min_found_ratio: float = 0.25
     keyframe_redundancy: float = 0.9  # cull a keyframe if this share of its points is seen by 3+ others

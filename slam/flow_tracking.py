@@ -399,6 +399,7 @@ class FlowTracker(Tracker):
 
     def _pose_from_tracks(self, frame: Frame, T_pred: np.ndarray, point_ids: np.ndarray) -> bool:
         from slam.optim import optimize_pose
+        from slam.optim.pose_uncertainty import centre_sigma, pose_information
 
         self._set_keypoints(frame, self._flow_features(self._pts), self._tids)
         has = np.flatnonzero(point_ids >= 0)
@@ -415,6 +416,8 @@ class FlowTracker(Tracker):
         if np.count_nonzero(inl) < self.tcfg.min_tracked_points:
             return False
         frame.T_cw = np.asarray(res.T_cw, np.float64)
+        frame.centre_sigma = centre_sigma(pose_information(frame.T_cw, X[inl], frame.inv_sigma2[has[inl]],
+                                                           self.intrinsics))
         frame.point_ids[has[inl]] = ids[inl]
         # outlier tracks are unreliable: drop them
         drop = np.zeros(len(self._pts), bool)

@@ -198,6 +198,11 @@ class LocalMapper:
             baseline = np.linalg.norm(C2 - C1)
             if baseline / max(median_depth, 1e-9) < 0.01 or len(free1) == 0 or len(free2) == 0:
                 continue
+            # a baseline not well above the uncertainty of the two centres would triangulate pose noise
+            if baseline < self.mcfg.min_baseline_sigmas * np.hypot(kf.centre_sigma, nb.centre_sigma):
+                log.debug("keyframe %d: no new points with keyframe %d (baseline %.3g, centre sigmas %.3g, %.3g)",
+                          kf.id, nb.id, baseline, kf.centre_sigma, nb.centre_sigma)
+                continue
             pairs = self._match_for_triangulation(kf, nb, free1, free2, T1, T2)
             if len(pairs) == 0:
                 continue

@@ -24,6 +24,9 @@ class Frame:
         colors: ``(N, 3)`` uint8 RGB at the keypoints.
         T_cw: ``(4, 4)`` world-to-camera pose once tracked.
         track_ids: ``(N,)`` optical-flow track id of each keypoint (flow front end), else None.
+        centre_sigma: the largest standard deviation (map units) of the camera centre as motion-only BA on
+            the tracked map points placed it (:mod:`slam.optim.pose_uncertainty`); 0 where another path
+            placed the frame (initialisation, a turn in place, two-view motion) or none was computed.
     """
 
     index: int
@@ -38,6 +41,7 @@ class Frame:
     track_ids: np.ndarray | None = None
     image: np.ndarray | None = None
     mask: np.ndarray | None = None  # (H, W) uint8 usable pixels of this frame (flow front end)
+    centre_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.point_ids) != len(self.features):

@@ -45,6 +45,8 @@ class KeyFrame:
         bad: culled; its pose then follows ``parent`` through ``T_c_parent``.
         rotation_only: made while the camera turned in place, so its centre is the one tracked before the
             turn; local BA keeps its pose (the few points it sees cannot place it better).
+        centre_sigma: the tracker's uncertainty of its centre when it was made (see ``Frame``); the mapper
+            triangulates only across baselines well above it.
     """
 
     id: int
@@ -61,6 +63,7 @@ class KeyFrame:
     T_c_parent: np.ndarray | None = None
     track_ids: np.ndarray | None = None  # flow front end: id of the optical-flow track of each keypoint
     rotation_only: bool = False
+    centre_sigma: float = 0.0
 
     @property
     def T_wc(self) -> np.ndarray:
