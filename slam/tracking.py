@@ -293,7 +293,7 @@ class Tracker:
         with self.map.lock:
             kf = self._make_keyframe(frame, frame.T_cw)
             kf.rotation_only = rotation_only
-            kf.centre_sigma = 0.0 if rotation_only else float(frame.centre_sigma)
+            kf.centre_sigma = float(frame.centre_sigma)
             for idx in np.flatnonzero(frame.point_ids >= 0):
                 p = self.map.points.get(int(frame.point_ids[idx]))
                 if p is None or p.bad:
