@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from slam.geometry.se3 import transform_points
+
 
 def pose_information(T_cw: np.ndarray, points_w: np.ndarray, inv_sigma2: np.ndarray | float,
                      intrinsics: tuple[float, float, float, float]) -> np.ndarray:
@@ -22,9 +24,8 @@ def pose_information(T_cw: np.ndarray, points_w: np.ndarray, inv_sigma2: np.ndar
     behind the camera are left out."""
     fx, fy = float(intrinsics[0]), float(intrinsics[1])
     R = T_cw[:3, :3]
-    points_w = np.asarray(points_w, np.float64).reshape(-1, 3)
-    Xc = points_w @ R.T + T_cw[:3, 3]
-    w = np.broadcast_to(np.asarray(inv_sigma2, np.float64), (len(points_w),))
+    Xc = transform_points(T_cw, points_w)
+    w = np.broadcast_to(np.asarray(inv_sigma2, np.float64), (len(Xc),))
     front = Xc[:, 2] > 1e-9
     Xc, w = Xc[front], w[front]
     if len(Xc) == 0:
