@@ -62,8 +62,6 @@ class FeatureConfig:
     clahe: bool = True  # contrast-limited histogram equalisation of luminance before extraction
     clahe_clip: float = 2.0
     clahe_tiles: int = 8
-    flatten_illumination: bool = False  # divide by large-scale brightness (light falloff, vignetting) first
-    flatten_sigma: float | None = None  # blur sigma in pixels (None: 1/16 of the larger image side)
     sift_contrast_threshold: float = 0.01
     sift_edge_threshold: float = 10.0
     sift_backend: str = "auto"  # auto (torch SIFT on CUDA, OpenCV on CPU) | opencv | torch (any device)
