@@ -186,6 +186,10 @@ class LocalMapper:
         created = 0
         cos_min = np.cos(np.deg2rad(self.mcfg.min_parallax_deg))
         for nb in neighbours:
+            # threaded, LocalMapperThread.insert() has set this flag for the keyframe before this one, so a
+            # keyframe triangulates with its first neighbours until one gives points; --sync uses them all.
+            # Using all of them threaded too made the mapper slower, local BA was cut short three times as
+            # often and ORB tube ATE went from 0.7-4.8% to 5-10% (README, "Ninth session")
             if self.abort_ba.is_set() and created > 0:
                 break
             with the_map.lock:
