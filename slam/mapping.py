@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CHI2_2DOF = 5.991
 MIN_BA_OBSERVATIONS = 20  # a keyframe seeing fewer points is held fixed in local BA
+MIN_RELOCATE_POINTS = 30  # a queued keyframe seeing fewer map points keeps its tracked pose
 
 
 class LocalMapper:
@@ -45,6 +46,10 @@ class LocalMapper:
         self.bundle_solver = None  # bundle_adjust's stand-in (LocalMapperThread: a BundleProcess); None: in-process
         self._recent_points: list[tuple[MapPoint, int]] = []
         self.num_processed = 0
+        # local BAs written back so far, and that count when each queued keyframe's pose was tracked
+        self.num_ba_writes = 0
+        self._ba_writes_seen: dict[int, int] = {}
+        self.num_relocated = 0
         # called once per processed keyframe, as soon as its new points are in the map (before local BA)
         self.on_points_ready: Callable[[], None] | None = None
 
@@ -52,7 +57,8 @@ class LocalMapper:
     def idle(self) -> bool:
         return True
 
-    def insert(self, kf: KeyFrame) -> None:
+    def insert(self, kf: KeyFrame, ba_writes_seen: int | None = None) -> None:
+        self.note_queued(kf, ba_writes_seen)
         self.process(kf)
 
     @property
@@ -74,15 +80,24 @@ class LocalMapper:
     def stop(self) -> None:
         pass
 
+    def note_queued(self, kf: KeyFrame, ba_writes_seen: int | None = None) -> None:
+        """``kf`` is to be processed; its pose was tracked against the map after ``ba_writes_seen`` local BA
+        write-backs (None: the map as it is now). :meth:`process` re-localises it if more have happened."""
+        self._ba_writes_seen[kf.id] = self.num_ba_writes if ba_writes_seen is None else int(ba_writes_seen)
+
     # ----------------------------------------------------------------------------------------- core
     def process(self, kf: KeyFrame) -> None:
         the_map = self._get_map()
+        ba_writes_seen = self._ba_writes_seen.pop(kf.id, self.num_ba_writes)
         if kf.bad or the_map.keyframes.get(kf.id) is not kf:
             return  # culled meanwhile, or from a map that was replaced after tracking loss
         with self.timer.stage("mapping"):
             # the descriptors and viewing geometry of kf's points (new observations: kf itself, then
             # fusion) are brought up to date once, at the end of _fuse
             self._cull_recent_points(the_map, kf)
+            if ba_writes_seen != self.num_ba_writes and not kf.rotation_only:
+                with self.timer.stage("relocate"):
+                    self._relocate_keyframe(the_map, kf)
             with self.timer.stage("triangulate"):
                 self._create_new_points(the_map, kf)
             with self.timer.stage("fuse"):
@@ -94,6 +109,35 @@ class LocalMapper:
                     self._local_ba(the_map, kf)
             self._cull_keyframes(the_map, kf)
         self.num_processed += 1
+
+    def _relocate_keyframe(self, the_map: Map, kf: KeyFrame) -> None:
+        """Refine ``kf``'s pose (motion-only BA) against its map points as a local BA has left them.
+
+        Threaded, a keyframe's pose may have been tracked against the map before a local BA (running at the
+        time) moved its neighbours and points. Triangulating between the stale pose and the adjusted
+        neighbours would give points at a wrong scale (README, "Tenth session").
+        """
+        from slam.optim import optimize_pose
+
+        with the_map.lock:
+            rows = np.flatnonzero(kf.point_ids >= 0)
+            points = [the_map.points.get(int(i)) for i in kf.point_ids[rows]]
+            keep = [j for j, p in enumerate(points) if p is not None and not p.bad]
+            if len(keep) < MIN_RELOCATE_POINTS:
+                return
+            rows = rows[keep]
+            X = np.array([points[j].position for j in keep])
+            T_before = kf.T_cw.copy()
+        res = optimize_pose(T_before, X, kf.kp_undist[rows], kf.inv_sigma2[rows], self.intrinsics)
+        if res.num_inliers < 0.5 * len(rows):
+            return  # the pose the tracker found stays
+        with the_map.lock:
+            if kf.bad:
+                return
+            kf.T_cw = res.T_cw
+        self.num_relocated += 1
+        log.debug("keyframe %d re-localised after local BA: centre moved %.4g", kf.id,
+                  float(np.linalg.norm(invert(res.T_cw)[:3, 3] - invert(T_before)[:3, 3])))
 
     # ----------------------------------------------------------------------------------------- culling
     def _cull_recent_points(self, the_map: Map, kf: KeyFrame) -> None:
@@ -407,6 +451,8 @@ class LocalMapper:
         adjusted = adjust_bundle(the_map, kfs, points, fixed, self.intrinsics, self.mcfg.ba_iterations,
                                  abort=self.abort_ba, deterministic=self.cfg.system.sync,
                                  solver=self.bundle_solver)
+        if adjusted:
+            self.num_ba_writes += 1
         with the_map.lock:
             the_map.update_points_geometry([p for p in adjusted if not p.bad], self.scale_factor, self.num_levels)
 
@@ -488,8 +534,13 @@ class LocalMapperThread:
     def idle(self) -> bool:
         return self._queue.empty() and not self._busy.is_set()
 
-    def insert(self, kf: KeyFrame) -> None:
+    @property
+    def num_ba_writes(self) -> int:
+        return self.core.num_ba_writes
+
+    def insert(self, kf: KeyFrame, ba_writes_seen: int | None = None) -> None:
         self.check()
+        self.core.note_queued(kf, ba_writes_seen)
         self.core.abort_ba.set()
         self._inserted += 1
         self._queue.put(kf)

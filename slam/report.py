@@ -280,6 +280,7 @@ def _summary_rows(stats: dict) -> list[tuple[str, str]]:
         ("initialising frames", _fmt(stats.get("initialising"))),
         ("keyframes", _fmt(stats.get("keyframes"))),
         ("keyframes culled", _fmt(stats.get("keyframes_culled"))),
+        ("keyframes re-localised after local BA", _fmt(stats.get("keyframes_relocated"))),
         ("map points", _fmt(stats.get("map_points"))),
         ("maps", _fmt(stats.get("maps"))),
         ("tracking resets", _fmt(stats.get("resets"))),

@@ -90,6 +90,7 @@ class System:
         scale_factor = float(getattr(self.extractor, "scale_factor", 2.0))
         levels = int(getattr(self.extractor, "num_levels", 8))
         core = LocalMapper(cfg, camera, lambda: self.tracker.map, self.timer, scale_factor, levels)
+        self.mapper_core = core
         self.mapper = core if cfg.system.sync else LocalMapperThread(core)
         self.preprocessor = FramePreprocessor(cfg, camera, self.extractor, mask)
         self.tracker = self._make_tracker()
@@ -198,6 +199,8 @@ class System:
             "initialising": sum(1 for s in self.states if s[2] == "initialising"),
             "keyframes": keyframes,
             "keyframes_culled": sum(len(m.culled_keyframes) for m in self.maps),
+            # keyframes tracked before a local BA wrote back, re-localised against its result before mapping
+            "keyframes_relocated": int(self.mapper_core.num_relocated),
             "map_points": points,
             "maps": max(maps_used, 1 if keyframes else 0),
             "resets": self.tracker.num_resets,

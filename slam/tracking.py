@@ -42,7 +42,10 @@ class KeyframeSink(Protocol):
     @property
     def idle(self) -> bool: ...
 
-    def insert(self, kf: KeyFrame) -> None: ...
+    @property
+    def num_ba_writes(self) -> int: ...  # local BAs written back to the map so far
+
+    def insert(self, kf: KeyFrame, ba_writes_seen: int | None = None) -> None: ...
 
 
 @dataclass
@@ -118,11 +121,13 @@ class Tracker:
         # cruising speed before)
         self._scale_check: tuple[int, int, np.ndarray, float] | None = None
         self._local_kfs: list[KeyFrame] = []
+        self._ba_writes_seen: int | None = None  # local BA write-backs when the current frame was started
         self.max_levels = int(getattr(extractor, "num_levels", 8))
 
     # =============================================================================== public
     def track(self, frame: Frame) -> TrackResult:
         """Track one frame; never raises on tracking failure (returns state ``lost``)."""
+        self._ba_writes_seen = self.mapper.num_ba_writes  # the map this frame is tracked against
         if self.state == INITIALISING:
             return self._initialise(frame)
         result = self._track_frame(frame)
@@ -301,7 +306,7 @@ class Tracker:
                 if kf.id in p.observations:
                     continue
                 self.map.add_observation(p, kf, int(idx))
-        self.mapper.insert(kf)
+        self.mapper.insert(kf, self._ba_writes_seen)
         self._last_kf = kf
         self._ref_kf = kf
         self._frames_since_kf = 0

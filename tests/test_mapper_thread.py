@@ -23,6 +23,11 @@ class _StubCore:
         self.release_ba = threading.Event()
         self.in_ba = threading.Event()
         self.done: list[str] = []
+        self.num_ba_writes = 0
+        self.queued: list[tuple[str, int | None]] = []
+
+    def note_queued(self, kf, ba_writes_seen=None) -> None:
+        self.queued.append((kf.name, ba_writes_seen))
 
     def process(self, kf) -> None:
         if kf.name == "culled":
@@ -95,4 +100,18 @@ def test_wait_points_is_released_by_skipped_and_failed_keyframes(kf):
             with pytest.raises(TrackingError, match="mapping failed"):
                 mapper.check()
     finally:
+        mapper.stop()
+
+
+def test_insert_tells_the_core_which_map_the_keyframe_was_tracked_against():
+    core = _StubCore()
+    core.num_ba_writes = 4
+    mapper = LocalMapperThread(core)
+    try:
+        assert mapper.num_ba_writes == 4
+        mapper.insert(_kf("kf0", 0), 3)  # tracked before the fourth local BA wrote back
+        mapper.insert(_kf("kf1", 1))
+        assert core.queued == [("kf0", 3), ("kf1", None)]
+    finally:
+        core.release_ba.set()
         mapper.stop()

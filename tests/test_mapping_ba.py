@@ -1,4 +1,4 @@
-"""Local BA in the mapper: well-observed keyframes are refined; a keyframe that sees a handful of points, or one made while turning in place, stays put."""
+"""Local BA in the mapper: well-observed keyframes are refined; a keyframe that sees a handful of points, or one made while turning in place, stays put; a keyframe queued while a local BA ran is relocated against its result."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from slam.config import load_config
 from slam.features.base import Features
 from slam.geometry.se3 import invert
 from slam.map.map import KeyFrame, Map
-from slam.mapping import MIN_BA_OBSERVATIONS, LocalMapper
+from slam.mapping import MIN_BA_OBSERVATIONS, MIN_RELOCATE_POINTS, LocalMapper
 
 
 def _camera() -> Camera:
@@ -90,3 +90,54 @@ def test_local_ba_keeps_a_keyframe_made_while_turning_in_place():
     assert np.array_equal(kfs[3].T_cw, turned_before)
     err_after = np.linalg.norm(invert(kfs[2].T_cw)[:3, 3] - invert(truth[2])[:3, 3])
     assert err_after < 0.1 * err_before, (err_before, err_after)
+
+
+def _map_with_stale_keyframe(seed: int):
+    """Three keyframes at their true poses and a fourth, seeing the same points, tracked 5 cm off."""
+    rng = np.random.default_rng(seed)
+    cam = _camera()
+    X = np.c_[rng.uniform(-2, 2, (200, 2)), rng.uniform(4, 8, 200)]
+    truth = [_pose(np.array([0.3 * i, 0.0, 0.0])) for i in range(4)]
+    m = Map(0)
+    kfs = [_keyframe(m, cam, T, X) for T in truth]
+    for j, x in enumerate(X):
+        p = m.create_point(x, kfs[0].features.descriptors[j], kfs[0], j)
+        for kf in kfs[1:]:
+            m.add_observation(p, kf, j)
+    kfs[3].T_cw = _pose(np.array([0.9 + 0.05, -0.03, 0.04]))
+    return cam, m, kfs, truth
+
+
+def _centre_error(kf: KeyFrame, T_true: np.ndarray) -> float:
+    return float(np.linalg.norm(invert(kf.T_cw)[:3, 3] - invert(T_true)[:3, 3]))
+
+
+def test_a_keyframe_queued_before_a_local_ba_wrote_back_is_relocated_against_the_adjusted_map():
+    cam, m, kfs, truth = _map_with_stale_keyframe(5)
+    mapper = LocalMapper(load_config(None, []), cam, lambda: m)
+    mapper.note_queued(kfs[3], ba_writes_seen=mapper.num_ba_writes)
+    mapper.num_ba_writes += 1  # a local BA wrote the map back after kfs[3]'s pose was tracked
+    err_before = _centre_error(kfs[3], truth[3])
+    mapper._relocate_keyframe(m, kfs[3])
+    assert _centre_error(kfs[3], truth[3]) < 0.05 * err_before
+
+    mapper.process(kfs[3])
+    assert mapper.num_relocated == 2  # once above, once in process() because of the write-back
+
+
+def test_a_keyframe_queued_with_no_local_ba_since_is_not_relocated():
+    cam, m, kfs, _ = _map_with_stale_keyframe(6)
+    mapper = LocalMapper(load_config(None, []), cam, lambda: m)
+    mapper.insert(kfs[3], ba_writes_seen=mapper.num_ba_writes)  # no write-back in between: the tracked
+    # pose goes to triangulation as it is
+    assert mapper.num_relocated == 0
+    assert mapper.num_ba_writes == 1  # process() ran its own local BA
+
+
+def test_a_keyframe_seeing_too_few_map_points_keeps_its_tracked_pose():
+    cam, m, kfs, _ = _map_with_stale_keyframe(7)
+    for i in np.flatnonzero(kfs[3].point_ids >= 0)[MIN_RELOCATE_POINTS - 1:]:
+        m.erase_observation(m.points[int(kfs[3].point_ids[i])], kfs[3])
+    before = kfs[3].T_cw.copy()
+    LocalMapper(load_config(None, []), cam, lambda: m)._relocate_keyframe(m, kfs[3])
+    assert np.array_equal(kfs[3].T_cw, before)
