@@ -48,7 +48,7 @@ class LocalMapper:
         self.num_processed = 0
         # local BAs written back so far, and that count when each queued keyframe's pose was tracked
         self.num_ba_writes = 0
-        self._ba_writes_seen: dict[int, int] = {}
+        self._queued_ba_writes: dict[int, int] = {}
         self.num_relocated = 0
         # called once per processed keyframe, as soon as its new points are in the map (before local BA)
         self.on_points_ready: Callable[[], None] | None = None
@@ -83,12 +83,12 @@ class LocalMapper:
     def note_queued(self, kf: KeyFrame, ba_writes_seen: int | None = None) -> None:
         """``kf`` is to be processed; its pose was tracked against the map after ``ba_writes_seen`` local BA
         write-backs (None: the map as it is now). :meth:`process` re-localises it if more have happened."""
-        self._ba_writes_seen[kf.id] = self.num_ba_writes if ba_writes_seen is None else int(ba_writes_seen)
+        self._queued_ba_writes[kf.id] = self.num_ba_writes if ba_writes_seen is None else int(ba_writes_seen)
 
     # ----------------------------------------------------------------------------------------- core
     def process(self, kf: KeyFrame) -> None:
         the_map = self._get_map()
-        ba_writes_seen = self._ba_writes_seen.pop(kf.id, self.num_ba_writes)
+        ba_writes_seen = self._queued_ba_writes.pop(kf.id, self.num_ba_writes)
         if kf.bad or the_map.keyframes.get(kf.id) is not kf:
             return  # culled meanwhile, or from a map that was replaced after tracking loss
         with self.timer.stage("mapping"):
