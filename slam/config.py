@@ -113,10 +113,14 @@ class TrackingConfig:
     flow_noise_max_scale: float = 3.0
     # after a scale guess (no map point spans a turn), once this many frames have moved on, the part since
     # the guess is rescaled when its speed and the cruising speed before differ by more than the ratio
-    # (0 frames: never); a camera's pace itself varies (rooms: 1.2-1.7x across a turn), so only a larger
-    # disagreement counts as a wrong guess
+    # (0 frames: never); a camera's pace itself varies (rooms: the cruising speeds before and after a turn
+    # differ by up to 1.25x), so only a larger disagreement counts as a wrong guess
     guess_check_frames: int = 15
-    guess_check_ratio: float = 1.6
+    guess_check_ratio: float = 1.4
+    # the cruising speed (the scale check above, a new map after a loss) is the upper quartile of the
+    # distances per frame over this many tracked, non-turning frames; a short history ends in the stop and
+    # the slow turn before it (rooms: 30 frames gave scale errors up to 1.8x, 100 up to 1.25x)
+    speed_history_frames: int = 100
 
 
 @dataclass

@@ -702,7 +702,7 @@ class Tracker:
             return  # turning: the speed of such frames says little about the usual pace
         step = np.linalg.norm(invert(frame.T_cw)[:3, 3] - invert(last.T_cw)[:3, 3]) / (frame.index - last.index)
         self._speed_samples.append(step)
-        del self._speed_samples[:-30]
+        del self._speed_samples[:-max(int(self.tcfg.speed_history_frames), 3)]
 
     def _guessed_scale_from(self, from_frame: int, pivot: np.ndarray) -> None:
         """The scale of the map from source frame ``from_frame`` on is a guess (no map point links it to

@@ -104,6 +104,33 @@ def test_speed_prior_is_the_cruising_pace_not_the_pace_of_the_stop():
     assert tracker._recent_speed() == pytest.approx(np.percentile(cruise, 75))
 
 
+def test_cruising_speed_outlasts_a_long_stop():
+    """The speed history spans a slow-down longer than the stop itself (rooms: ~40 frames below cruising
+    pace before the view is lost), so the prior is still the pace before it."""
+    from types import SimpleNamespace
+
+    tracker, _, _ = _setup(np.eye(4))
+    tracker._speed_samples = []
+
+    def pose_at(x: float) -> np.ndarray:
+        T = np.eye(4)
+        T[0, 3] = -x  # T_cw of a camera at (x, 0, 0), no rotation
+        return T
+
+    x, last = 0.0, None
+    paces = [0.012] * 60 + [0.002] * 40  # cruising, then a long slow approach to the turn
+    for i, pace in enumerate(paces):
+        x += pace
+        frame = SimpleNamespace(index=i, T_cw=pose_at(x))
+        tracker._note_motion(frame, last)
+        last = frame
+    assert tracker.tcfg.speed_history_frames >= 100
+    assert tracker._recent_speed() == pytest.approx(0.012, rel=0.02)
+    tracker.tcfg.speed_history_frames = 30  # the old window: only the slow frames are left
+    tracker._note_motion(SimpleNamespace(index=len(paces), T_cw=pose_at(x + 0.002)), last)
+    assert tracker._recent_speed() < 0.003
+
+
 @pytest.mark.parametrize("t", [(0.0, 0.0, 0.0), (0.002, 0.0, 0.0)])
 def test_no_two_view_pose_without_parallax(t):
     """A turn in place (or nearly): the tracks cannot place the camera, so rotation-only tracking takes over."""
