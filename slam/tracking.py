@@ -730,13 +730,19 @@ class Tracker:
 
         from_frame, from_point, pivot, cruise = self._scale_check
         self._scale_check = None
-        speed = float(np.percentile(self._speed_samples, 75))  # the same statistic as the cruising speed
-        if not speed > 0:
-            return
-        f = cruise / speed
-        if abs(np.log(f)) <= np.log(self.tcfg.guess_check_ratio):
-            log.debug("frame %d: the guessed scale agrees with the speed before it (ratio %.2f)", frame.index, f)
-            return
+        f = self._shared_plane_factor(from_point, pivot)
+        if f is not None:
+            log.info("frame %d: a plane seen before and after the guess gives its scale factor %.3f", frame.index, f)
+            if abs(np.log(f)) <= np.log(1.02):
+                return
+        else:
+            speed = float(np.percentile(self._speed_samples, 75))  # the same statistic as the cruising speed
+            if not speed > 0:
+                return
+            f = cruise / speed
+            log.info("frame %d: the speed since the guess %.4g, before it %.4g", frame.index, speed, cruise)
+            if abs(np.log(f)) <= np.log(self.tcfg.guess_check_ratio):
+                return
         self.mapper.wait_idle()
         ids, moved = self.map.rescale_part(from_frame, from_point, pivot, f)
         self.map.update_points_geometry(moved, self.extractor_scale_factor(), self.max_levels)
@@ -754,8 +760,19 @@ class Tracker:
         if self._recent_depth is not None:
             self._recent_depth *= f
         self.num_scale_corrections += 1
-        log.info("frame %d: the map since frame %d was scaled by %.3f (its speed %.4g against %.4g before the "
-                 "guess; %d keyframes, %d points)", frame.index, from_frame, f, speed, cruise, len(ids), len(moved))
+        log.info("frame %d: the map since frame %d was scaled by %.3f (%d keyframes, %d points)", frame.index,
+                 from_frame, f, len(ids), len(moved))
+
+    def _shared_plane_factor(self, from_point: int, pivot: np.ndarray) -> float | None:
+        """The scale factor of the map part made since a guess (points with ids ``>= from_point``) from a
+        plane it shares with the part before (see :func:`slam.geometry.planes.shared_plane_scale`), or None."""
+        from slam.geometry.planes import shared_plane_scale
+
+        with self.map.lock:
+            ids = np.fromiter(self.map.points.keys(), np.int64, len(self.map.points))
+            X = np.array([p.position for p in self.map.points.values()], np.float64).reshape(-1, 3)
+        new = ids >= from_point
+        return shared_plane_scale(X[~new], X[new], pivot)
 
     def _chain_to_previous_map(self, kf0: KeyFrame, kf1: KeyFrame) -> None:
         """Place a new map so that its first keyframe sits where the camera was last seen.

@@ -242,3 +242,28 @@ def test_guessed_scale_that_agrees_with_the_speed_before_is_left_alone():
     assert tracker.num_scale_corrections == 0 and tracker._scale_check is None
     np.testing.assert_allclose(kf.T_cw, np.eye(4))
     np.testing.assert_allclose(frame.T_cw, np.eye(4))
+
+
+def test_a_plane_seen_before_and_after_the_guess_sets_its_scale_over_the_speed():
+    """The floor was mapped before the guess and is mapped again after it, 1.6x too far from the pivot:
+    the part since the guess is scaled by 1 / 1.6, although the speeds agree."""
+    tracker, frame, _ = _setup(np.eye(4))
+    the_map = tracker.map
+    kf = next(iter(the_map.keyframes.values()))
+    rng = np.random.default_rng(5)
+
+    def floor(n):
+        return np.c_[rng.uniform(-3, 3, n), np.full(n, 1.5), rng.uniform(1, 6, n)]  # y down: 1.5 below
+
+    for X in floor(300):
+        the_map.create_point(X, kf.features.descriptors[0], kf, 0)
+    tracker._speed_samples = [0.02] * 10
+    pivot = np.zeros(3)
+    tracker._guessed_scale_from(3, pivot)
+    new_pts = [the_map.create_point(1.6 * X, kf.features.descriptors[0], kf, 0) for X in floor(200)]
+    frame.T_cw = np.eye(4)
+    tracker._speed_samples = [0.02] * tracker.tcfg.guess_check_frames  # the speed alone would leave it
+    tracker._check_guessed_scale(frame)
+    assert tracker.num_scale_corrections == 1
+    heights = np.array([p.position[1] for p in new_pts])
+    np.testing.assert_allclose(heights, 1.5, rtol=0.01)
