@@ -12,6 +12,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Plane:
+    """``normal . x + offset = 0``, fitted to ``num_inliers`` points."""
+
     normal: np.ndarray  # (3,) unit
     offset: float  # d in n . x + d = 0
     num_inliers: int
