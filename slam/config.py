@@ -117,6 +117,9 @@ class TrackingConfig:
     # differ by up to 1.25x), so only a larger disagreement counts as a wrong guess
     guess_check_frames: int = 15
     guess_check_ratio: float = 1.4
+    # a plane seen before and after the guess measures the factor (the speed is only a prior): without one
+    # at the check, look again every 5 frames for up to this many more frames before using the speed
+    guess_plane_wait_frames: int = 15
     # the cruising speed (the scale check above, a new map after a loss) is the upper quartile of the
     # distances per frame over this many tracked, non-turning frames; a short history ends in the stop and
     # the slow turn before it (rooms: 30 frames gave scale errors up to 1.8x, 100 up to 1.25x)

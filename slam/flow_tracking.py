@@ -605,6 +605,9 @@ class FlowTracker(Tracker):
         T_cw[:3, :3] = R_21 @ last.T_cw[:3, :3]
         T_cw[:3, 3] = -T_cw[:3, :3] @ invert(last.T_cw)[:3, 3]
         frame.T_cw = T_cw
+        # the centre is the last frame's, and so is its uncertainty: a keyframe made here must not
+        # triangulate from a centre that a few edge points placed badly
+        frame.centre_sigma = float(last.centre_sigma)
         frame.point_ids = np.asarray(point_ids[inl], np.int64).copy()
         with self.map.lock:
             alive = np.array([int(i) in self.map.points for i in frame.point_ids]) if len(frame.point_ids) else np.zeros(0, bool)

@@ -212,6 +212,26 @@ class LocalMapper:
                     the_map.erase_keyframe(old, parent)
 
     # ----------------------------------------------------------------------------------------- new points
+    def _track_sharing_first(self, the_map: Map, kf: KeyFrame, neighbours: list[KeyFrame]) -> list[KeyFrame]:
+        """``neighbours`` led by the recent keyframes that share the most flow tracks with ``kf`` (at least 30).
+
+        A keyframe made in a view the map does not reach yet (after a turn past the field of view) shares
+        few points with any keyframe, so covisibility offers only the last keyframes, made while turning
+        in place at the old centre. The keyframe its two-view pose was measured from shares its tracks,
+        and the baseline to it is the one that pose measured. Caller holds the map lock."""
+        if kf.track_ids is None:
+            return neighbours
+        shared = []
+        for other in the_map.keyframe_list()[-30:]:
+            if other.id == kf.id or other.bad or other.track_ids is None:
+                continue
+            n = len(np.intersect1d(kf.track_ids[kf.track_ids >= 0], other.track_ids))
+            if n >= 30:
+                shared.append((n, other.id, other))
+        first = [k for _, _, k in sorted(shared, key=lambda s: (-s[0], -s[1]))][: self.mcfg.covisible_keyframes]
+        ids = {k.id for k in first}
+        return first + [k for k in neighbours if k.id not in ids]
+
     def _create_new_points(self, the_map: Map, kf: KeyFrame) -> None:
         from slam.features.matching import match_descriptors
 
@@ -223,6 +243,8 @@ class LocalMapper:
             T1 = kf.T_cw.copy()
             C1 = kf.center
             pts1 = the_map.points_of([kf])
+            if len(pts1) < MIN_BA_OBSERVATIONS:
+                neighbours = self._track_sharing_first(the_map, kf, neighbours)
             median_depth = np.median([(T1[:3, :3] @ p.position + T1[:3, 3])[2] for p in pts1]) if pts1 else 1.0
         free1 = np.flatnonzero(kf.point_ids < 0)
         if len(free1) == 0:

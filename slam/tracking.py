@@ -371,8 +371,9 @@ class Tracker:
         if num >= 30 and not rotation_only:
             self._recent_depth = self._median_depth_last_of(frame) or self._recent_depth
             self._note_motion(frame, last)
-            if self._scale_check is not None and 0 < self.tcfg.guess_check_frames <= len(self._speed_samples):
-                self._check_guessed_scale(frame)
+            waited = len(self._speed_samples) - self.tcfg.guess_check_frames
+            if self._scale_check is not None and self.tcfg.guess_check_frames > 0 and waited >= 0 and waited % 5 == 0:
+                self._check_guessed_scale(frame, last_try=waited >= self.tcfg.guess_plane_wait_frames)
         self._last = frame
         self._last_good_T_wc = invert(frame.T_cw)
         return TrackResult(TRACKING, frame.T_cw, num, new_keyframe=new_kf)
@@ -718,19 +719,22 @@ class Tracker:
             self._scale_check = (int(from_frame), self.map.next_point_id, np.asarray(pivot, np.float64), cruise)
         self._speed_samples = []
 
-    def _check_guessed_scale(self, frame: Frame) -> None:
+    def _check_guessed_scale(self, frame: Frame, last_try: bool = True) -> None:
         """After a guessed scale: when the camera's speed since then and its cruising speed before (both the
         upper quartile of the distances a frame, in map units) disagree by more than
         ``tracking.guess_check_ratio``, the part of the map made since the guess is scaled about the pivot so
         that they agree. It is the prior that places a new map after a loss (a camera that stopped and
         turned moves on at its usual pace); in the rooms it was right where the scene-depth guess was off up
         to 2.3x. The mapper is let finish first; the frame's pose, the motion model and the recorded frames
-        follow."""
+        follow. A plane seen before and after the guess measures the factor instead; while none is found
+        and this is not the ``last_try``, the check stays pending."""
         from slam.geometry.triangulation import camera_center
 
         from_frame, from_point, pivot, cruise = self._scale_check
-        self._scale_check = None
         f = self._shared_plane_factor(from_point, pivot)
+        if f is None and not last_try:
+            return
+        self._scale_check = None
         if f is not None:
             log.info("frame %d: a plane seen before and after the guess gives its scale factor %.3f", frame.index, f)
             if abs(np.log(f)) <= np.log(1.02):

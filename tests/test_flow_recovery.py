@@ -267,3 +267,33 @@ def test_a_plane_seen_before_and_after_the_guess_sets_its_scale_over_the_speed()
     assert tracker.num_scale_corrections == 1
     heights = np.array([p.position[1] for p in new_pts])
     np.testing.assert_allclose(heights, 1.5, rtol=0.01)
+
+
+def test_without_a_plane_the_speed_check_waits_for_one_before_using_the_speed():
+    """No shared plane at the first check: the check stays pending (the map after the guess may not reach
+    the floor yet), and only the last try falls back to the speed."""
+    tracker, frame, _ = _setup(np.eye(4))
+    tracker._speed_samples = [0.02] * 10
+    tracker._guessed_scale_from(3, np.zeros(3))
+    frame.T_cw = np.eye(4)
+    tracker._speed_samples = [0.04] * tracker.tcfg.guess_check_frames
+    tracker._check_guessed_scale(frame, last_try=False)
+    assert tracker.num_scale_corrections == 0 and tracker._scale_check is not None
+    tracker._check_guessed_scale(frame, last_try=True)
+    assert tracker.num_scale_corrections == 1 and tracker._scale_check is None
+
+
+def test_rotation_only_frame_keeps_the_last_centre_and_its_uncertainty():
+    """A turn in place tracked from the flow tracks alone: the centre is the last frame's, and so is its
+    uncertainty, so that a keyframe made there does not triangulate as if that centre were known better."""
+    truth = _motion(4.0, (0.0, 0.0, 0.0))
+    tracker, frame, point_ids = _setup(truth)
+    prev = tracker._last_kf.features.keypoints.copy()
+    last = Frame(index=4, timestamp=4 / 30, gray=frame.gray, features=binary_features(np.zeros((0, 2))),
+                 kp_undist=np.zeros((0, 2)), inv_sigma2=np.zeros(0), colors=np.zeros((0, 3), np.uint8),
+                 T_cw=np.eye(4), centre_sigma=0.05)
+    tracker._last = last
+    assert tracker._rotation_from_tracks(frame, prev, point_ids)
+    assert np.linalg.norm(invert(frame.T_cw)[:3, 3]) < 1e-12
+    assert np.degrees(rotation_angle((frame.T_cw @ invert(truth))[:3, :3])) < 0.1
+    assert frame.centre_sigma == pytest.approx(0.05)

@@ -93,3 +93,29 @@ def test_mapper_triangulates_only_across_a_resolved_baseline():
     assert len(_two_keyframes(0.0).points) > 150
     assert len(_two_keyframes(0.05).points) > 150
     assert len(_two_keyframes(0.2).points) == 0
+
+
+def test_a_keyframe_past_a_turn_triangulates_with_the_keyframe_it_shares_tracks_with():
+    """The keyframe after a turn shares no map point with any other; the last keyframes (made turning in
+    place, their centre not resolved) give it no baseline. The older keyframe it shares its flow tracks
+    with does."""
+    rng = np.random.default_rng(6)
+    cam = _camera()
+    X = np.c_[rng.uniform(-2, 2, (200, 2)), rng.uniform(4, 8, 200)]
+    m = Map(0)
+    anchor = _keyframe(m, cam, _pose(np.zeros(3)), X)
+    # unrelated keyframes in between (the view before the turn: no shared track)
+    for k in range(3):
+        other = _keyframe(m, cam, _pose(np.array([0.0, 0.0, -1.0 - k])), X)
+        other.track_ids = np.arange(1000 * (k + 1), 1000 * (k + 1) + len(X))
+    turning = [_keyframe(m, cam, _pose(np.zeros(3)), X) for _ in range(2)]
+    for kf in turning:
+        kf.centre_sigma = 0.2  # their centre, carried from a frame that few edge points placed: not resolved
+    new = _keyframe(m, cam, _pose(np.array([0.3, 0.0, 0.0])), X)
+    for kf in [anchor, *turning, new]:
+        kf.track_ids = np.arange(len(X))
+    mapper = LocalMapper(load_config(None, ["system.sync=true"]), cam, lambda: m)
+    mapper._create_new_points(m, new)
+    assert len(m.points) > 150
+    X_new = np.array([p.position for p in m.points.values()])
+    assert np.median(np.linalg.norm(X_new[:, None] - X[None], axis=2).min(axis=1)) < 0.01
