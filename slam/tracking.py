@@ -371,9 +371,9 @@ class Tracker:
         if num >= 30 and not rotation_only:
             self._recent_depth = self._median_depth_last_of(frame) or self._recent_depth
             self._note_motion(frame, last)
-            waited = len(self._speed_samples) - self.tcfg.guess_check_frames
-            if self._scale_check is not None and self.tcfg.guess_check_frames > 0 and waited >= 0 and waited % 5 == 0:
-                self._check_guessed_scale(frame, last_try=waited >= self.tcfg.guess_plane_wait_frames)
+            due, last_try = self._scale_check_due()
+            if due:
+                self._check_guessed_scale(frame, last_try)
         self._last = frame
         self._last_good_T_wc = invert(frame.T_cw)
         return TrackResult(TRACKING, frame.T_cw, num, new_keyframe=new_kf)
@@ -718,6 +718,18 @@ class Tracker:
             self.mapper.wait_idle()  # every point made from now on belongs to the guessed part
             self._scale_check = (int(from_frame), self.map.next_point_id, np.asarray(pivot, np.float64), cruise)
         self._speed_samples = []
+
+    def _scale_check_due(self) -> tuple[bool, bool]:
+        """Whether a pending scale check runs now, and whether it is its last try: from
+        ``tracking.guess_check_frames`` speed samples after the guess on, every 5 samples, the last try
+        ``tracking.guess_plane_wait_frames`` samples later (sooner where the capped speed history,
+        ``tracking.speed_history_frames``, stops growing before that)."""
+        t = self.tcfg
+        if self._scale_check is None or t.guess_check_frames <= 0:
+            return False, False
+        waited = len(self._speed_samples) - t.guess_check_frames
+        patience = 5 * (min(t.guess_plane_wait_frames, max(int(t.speed_history_frames), 3) - t.guess_check_frames) // 5)
+        return waited >= 0 and waited % 5 == 0, waited >= patience
 
     def _check_guessed_scale(self, frame: Frame, last_try: bool = True) -> None:
         """After a guessed scale: when the camera's speed since then and its cruising speed before (both the

@@ -297,3 +297,23 @@ def test_rotation_only_frame_keeps_the_last_centre_and_its_uncertainty():
     assert np.linalg.norm(invert(frame.T_cw)[:3, 3]) < 1e-12
     assert np.degrees(rotation_angle((frame.T_cw @ invert(truth))[:3, :3])) < 0.1
     assert frame.centre_sigma == pytest.approx(0.05)
+
+
+def test_the_wait_for_a_plane_ends_within_a_short_speed_history():
+    """The check runs 15 samples after the guess, then every 5; its last try comes 15 samples later, or as
+    soon as the capped speed history stops growing (here 7 samples past the first check: at 5)."""
+    tracker, _, _ = _setup(np.eye(4))
+    tracker._speed_samples = [0.02] * 10
+    tracker._guessed_scale_from(3, np.zeros(3))
+    first = tracker.tcfg.guess_check_frames
+
+    def schedule(n):
+        tracker._speed_samples = [0.04] * n
+        return tracker._scale_check_due()
+
+    assert schedule(first - 1) == (False, False)
+    assert schedule(first) == (True, False)
+    assert schedule(first + 3) == (False, False)
+    assert schedule(first + 15) == (True, True)
+    tracker.tcfg.speed_history_frames = first + 7
+    assert schedule(first + 5) == (True, True)
