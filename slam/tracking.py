@@ -703,7 +703,7 @@ class Tracker:
             return  # turning: the speed of such frames says little about the usual pace
         step = np.linalg.norm(invert(frame.T_cw)[:3, 3] - invert(last.T_cw)[:3, 3]) / (frame.index - last.index)
         self._speed_samples.append(step)
-        del self._speed_samples[:-max(int(self.tcfg.speed_history_frames), 3)]
+        del self._speed_samples[:-self._speed_history_len()]
 
     def _guessed_scale_from(self, from_frame: int, pivot: np.ndarray) -> None:
         """The scale of the map from source frame ``from_frame`` on is a guess (no map point links it to
@@ -719,6 +719,10 @@ class Tracker:
             self._scale_check = (int(from_frame), self.map.next_point_id, np.asarray(pivot, np.float64), cruise)
         self._speed_samples = []
 
+    def _speed_history_len(self) -> int:
+        """How many speed samples are kept (``tracking.speed_history_frames``, at least 3)."""
+        return max(int(self.tcfg.speed_history_frames), 3)
+
     def _scale_check_due(self) -> tuple[bool, bool]:
         """Whether a pending scale check runs now, and whether it is its last try: from
         ``tracking.guess_check_frames`` speed samples after the guess on, every 5 samples, the last try
@@ -728,7 +732,7 @@ class Tracker:
         if self._scale_check is None or t.guess_check_frames <= 0:
             return False, False
         waited = len(self._speed_samples) - t.guess_check_frames
-        patience = 5 * (min(t.guess_plane_wait_frames, max(int(t.speed_history_frames), 3) - t.guess_check_frames) // 5)
+        patience = 5 * (min(t.guess_plane_wait_frames, self._speed_history_len() - t.guess_check_frames) // 5)
         return waited >= 0 and waited % 5 == 0, waited >= patience
 
     def _check_guessed_scale(self, frame: Frame, last_try: bool = True) -> None:
