@@ -27,6 +27,10 @@ from slam.tracking import INITIALISING, LOST, TRACKING, FrameRecord, TrackResult
 
 log = logging.getLogger(__name__)
 
+# frames before a replaced initialisation reference kept for localisation once a map exists (a camera
+# standing still never initialises: the history stays bounded)
+_MAX_FRAMES_BEFORE_REFERENCE = 150
+
 
 class _PyramidalLK:
     """``cv2.calcOpticalFlowPyrLK`` on ``(N, 2)`` arrays: returns positions ``(N, 2)`` and a converged bool."""
@@ -155,6 +159,8 @@ class FlowTracker(Tracker):
         self.scale_guess_frames: list[int] = []
         # frames between the initialisation reference and the current frame: (index, timestamp, pts, tids)
         self._init_gap: list[tuple[int, float, np.ndarray, np.ndarray]] = []
+        # frames before the reference (earlier references and their gaps) whose tracks it carried on
+        self._before_init_ref: list[tuple[int, float, np.ndarray, np.ndarray]] = []
 
     # ------------------------------------------------------------------------------------------- frames
     def prepare(self, fd, preprocessor) -> tuple[Frame, np.ndarray | None]:
@@ -257,7 +263,7 @@ class FlowTracker(Tracker):
         gap = frame.index - self._init_frame.index
         if res is None or not getattr(res, "ok", True):
             if gap >= t.init_max_frames_gap:
-                self._start_init_reference(frame, mask)
+                self._start_init_reference(frame, mask, carry_tracks=True)
             return TrackResult(INITIALISING, None, len(self._pts))
         ref = self._init_frame
         # reference keyframe: its corners that survived; current: the tracked ones + new corners
@@ -274,13 +280,27 @@ class FlowTracker(Tracker):
         sub = _SubsetResult(res, rows)
         if not self._create_initial_map(ref, frame, matches, sub):
             if gap >= t.init_max_frames_gap:
-                self._start_init_reference(frame, mask)
+                self._start_init_reference(frame, mask, carry_tracks=True)
             return TrackResult(INITIALISING, None, len(self._pts))
         self._init_frame = None
         self._init_gap.pop()  # the current frame: a keyframe of the new map
         self._localise_init_gap(ref)
+        self._localise_before_reference(ref)
+        self._anchor_earliest_frame(ref, frame)
         self._reset_tracks_from_keyframe(frame)
         return TrackResult(TRACKING, frame.T_cw, frame.num_matched, new_keyframe=True, map_created=True)
+
+    def _initial_map_tracks(self, ref: Frame) -> tuple[KeyFrame, KeyFrame, np.ndarray, np.ndarray] | None:
+        """The new map's two keyframes, its points ``(M, 3)`` and their track ids ``(M,)``; None without a map."""
+        kf1 = self._last_kf
+        with self.map.lock:
+            kf0 = next((k for k in self.map.keyframes.values() if k.frame_index == ref.index), None)
+            if kf0 is None or kf1 is None:
+                return None
+            rows = np.flatnonzero(kf1.point_ids >= 0)
+            map_X = self._point_positions(kf1.point_ids[rows])
+            in_map = np.isfinite(map_X).all(axis=1)
+            return kf0, kf1, map_X[in_map], kf1.track_ids[rows[in_map]]
 
     def _localise_init_gap(self, ref: Frame) -> None:
         """Give the frames between the two initial keyframes their poses, now that there is a map.
@@ -290,41 +310,103 @@ class FlowTracker(Tracker):
         fit the map (too few inliers) stays without a pose, as before.
         """
         from slam.geometry.se3 import interpolate_pose
-        from slam.optim import optimize_pose
 
         gap, self._init_gap = self._init_gap, []
-        kf1 = self._last_kf
-        with self.map.lock:
-            kf0 = next((k for k in self.map.keyframes.values() if k.frame_index == ref.index), None)
-            if kf0 is None or kf1 is None or not gap:
-                return
-            rows = np.flatnonzero(kf1.point_ids >= 0)
-            map_X = self._point_positions(kf1.point_ids[rows])
-            in_map = np.isfinite(map_X).all(axis=1)
-            map_X, map_tids = map_X[in_map], kf1.track_ids[rows[in_map]]
-            T0, T1 = kf0.T_cw.copy(), kf1.T_cw.copy()
+        found = self._initial_map_tracks(ref) if gap else None
+        if found is None:
+            return
+        kf0, kf1, map_X, map_tids = found
+        T0, T1 = kf0.T_cw.copy(), kf1.T_cw.copy()
         span = max(kf1.frame_index - kf0.frame_index, 1)
         for index, timestamp, pts, tids in gap:
-            _, i_gap, i_map = np.intersect1d(tids, map_tids, return_indices=True)
-            if len(i_gap) < self.tcfg.min_tracked_points:
-                continue
             T_guess = interpolate_pose(T0, T1, (index - kf0.frame_index) / span)
-            with self.timer.stage("pose"):
-                res = optimize_pose(T_guess, map_X[i_map], self.camera.undistort_points(pts[i_gap]),
-                                    np.ones(len(i_gap)), self.intrinsics)
-            if res.num_inliers < max(self.tcfg.min_tracked_points, len(i_gap) // 2):
-                continue
-            self.records.append(FrameRecord(index, timestamp, self.map.id, kf0, res.T_cw @ invert(T0)))
-            self.num_init_gap += 1
+            T_cw = self._fit_tracks_to_map(pts, tids, map_X, map_tids, T_guess)
+            if T_cw is not None:
+                self.records.append(FrameRecord(index, timestamp, self.map.id, kf0, T_cw @ invert(T0)))
+                self.num_init_gap += 1
 
-    def _start_init_reference(self, frame: Frame, mask: np.ndarray | None) -> None:
+    def _localise_before_reference(self, ref: Frame) -> None:
+        """Give poses to the frames before the initialisation reference whose tracks reached the new map.
+
+        Going back in time from the reference keyframe, each frame gets a motion-only BA (g2o, Huber) on
+        its tracks that became map points, started from the pose found for the frame after it. A frame
+        that does not fit the map keeps no pose.
+        """
+        before, self._before_init_ref = self._before_init_ref, []
+        found = self._initial_map_tracks(ref) if before else None
+        if found is None:
+            return
+        kf0, _, map_X, map_tids = found
+        T0 = T_guess = kf0.T_cw.copy()
+        for index, timestamp, pts, tids in reversed(before):
+            T_cw = self._fit_tracks_to_map(pts, tids, map_X, map_tids, T_guess)
+            if T_cw is not None:
+                T_guess = T_cw
+                self.records.append(FrameRecord(index, timestamp, self.map.id, kf0, T_cw @ invert(T0)))
+                self.num_init_gap += 1
+
+    def _anchor_earliest_frame(self, ref: Frame, cur: Frame) -> None:
+        """A new map chained to the old one sits with its first keyframe where the old map's last frame was.
+        Where frames before that keyframe have been localised since, the earliest of them is nearer in time
+        to that last frame: move the map rigidly so that this frame sits there instead."""
+        anchor, self._chain_anchor_T_wc = self._chain_anchor_T_wc, None
+        mine = [r for r in self.records if r.map_id == self.map.id]
+        if anchor is None or not mine:
+            return
+        earliest = min(mine, key=lambda r: r.index)
+        if earliest.index >= ref.index:
+            return  # the first keyframe is the earliest frame: already in place
+        self.mapper.wait_idle()  # the mapper may be adjusting the new keyframes: no BA result left to apply
+        with self.map.lock:
+            T_cw = earliest.T_cw()
+        self.map.transform(anchor @ T_cw)
+        with self.map.lock:
+            cur.T_cw = self._last_kf.T_cw.copy()
+
+    def _fit_tracks_to_map(self, pts: np.ndarray, tids: np.ndarray, map_X: np.ndarray, map_tids: np.ndarray,
+                           T_guess: np.ndarray) -> np.ndarray | None:
+        """Motion-only BA (g2o, Huber) of a frame's tracks ``pts (N, 2)`` (distorted pixels, ids ``tids``) on
+        the map points ``map_X (M, 3)`` of the same track ids; ``T_cw`` or None where too few fit."""
+        from slam.optim import optimize_pose
+
+        _, i_pts, i_map = np.intersect1d(tids, map_tids, return_indices=True)
+        if len(i_pts) < self.tcfg.min_tracked_points:
+            return None
+        with self.timer.stage("pose"):
+            res = optimize_pose(T_guess, map_X[i_map], self.camera.undistort_points(pts[i_pts]),
+                                np.ones(len(i_pts)), self.intrinsics)
+        if res.num_inliers < max(self.tcfg.min_tracked_points, len(i_pts) // 2):
+            return None
+        return res.T_cw
+
+    def _start_init_reference(self, frame: Frame, mask: np.ndarray | None, carry_tracks: bool = False) -> None:
+        """Make ``frame`` the two-view reference with fresh corners.
+
+        ``carry_tracks``: ``frame`` replaces a reference that waited too long (too little parallax, an
+        ambiguous motion). Its surviving tracks carry on, so the frames tracked since the old reference
+        can be localised once a map exists (those that share enough tracks, the latest
+        ``_MAX_FRAMES_BEFORE_REFERENCE`` of them).
+        """
         t = self.tcfg
-        pts = detect_corners(frame.gray, mask, np.zeros((0, 2)), t.flow_max_corners, t.flow_min_corner_distance_px)
+        kept_pts, kept_tids = np.zeros((0, 2), np.float32), np.zeros(0, np.int64)
+        if carry_tracks and self._init_frame is not None and len(self._pts):
+            old = self._init_frame
+            history = [(old.index, old.timestamp, self._init_pts0.copy(), self._tids.copy())]
+            history += self._init_gap[:-1]  # the last entry is ``frame``, the new reference
+            kept_pts, kept_tids = self._pts.astype(np.float32), self._tids.copy()
+            # only frames that still share enough tracks can be localised later
+            self._before_init_ref = [h for h in self._before_init_ref + history
+                                     if np.count_nonzero(np.isin(h[3], kept_tids)) >= t.min_tracked_points]
+            del self._before_init_ref[:-_MAX_FRAMES_BEFORE_REFERENCE]
+        else:
+            self._before_init_ref = []
+        new = detect_corners(frame.gray, mask, kept_pts, t.flow_max_corners, t.flow_min_corner_distance_px)
+        pts = np.concatenate([kept_pts.reshape(-1, 2), new]).astype(np.float32)
         self._init_frame = frame
         self._init_gap = []
         self._pts = pts
         self._init_pts0 = pts.copy()
-        self._tids = self._new_track_ids(len(pts))
+        self._tids = np.concatenate([kept_tids, self._new_track_ids(len(new))])
         self._kf_idx = np.full(len(pts), -1, np.int64)
         self._steps = np.full((len(pts), 2), np.nan, np.float32)
         self._prev_gray = frame.gray

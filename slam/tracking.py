@@ -114,6 +114,8 @@ class Tracker:
         self._tracked_at_last_kf = 0
         self._lost_in_row = 0
         self._last_good_T_wc: np.ndarray | None = None
+        # where the last new map was placed (camera-to-world of the old map's last frame), until settled
+        self._chain_anchor_T_wc: np.ndarray | None = None
         self._last_good_depth: float | None = None
         self._recent_depth: float | None = None
         self._speed_samples: list[float] = []
@@ -811,4 +813,5 @@ class Tracker:
         log.info("map %d placed where the last one ended, scale %.4g (prior: %s)", self.map.id, scale, prior)
         T_new_old = self._last_good_T_wc @ kf0.T_cw  # kf0's world frame -> previous world frame
         self.map.transform(T_new_old, scale)
+        self._chain_anchor_T_wc = self._last_good_T_wc.copy()
         self._speed_samples = []

@@ -137,3 +137,29 @@ def test_frames_between_the_initial_keyframes_get_poses(tmp_path):
     assert gap.sum() == stats["recovered"]["initialisation_gap"]
     later = est.timestamps > kf_times[1] + 1e-9
     assert err[gap].max() <= max(2.0 * np.sqrt(np.mean(err[later] ** 2)), 1e-3)
+
+
+def test_frames_before_a_replaced_initialisation_reference_get_poses(tmp_path):
+    """A slow start that outlasts the reference's patience (``init_max_frames_gap``): the reference is
+    replaced, its surviving tracks carry on, and once the map exists the frames tracked since the first
+    reference are localised against it as accurately as the frames tracked after."""
+    from slam.evaluation.trajectory import Trajectory
+    from slam.geometry.alignment import align_trajectory
+
+    seq = generate("tube", tmp_path / "slow", frames=30, seed=5, size=(320, 240), speed=0.01)
+    cfg = load_config(None, ["system.sync=true", "tracking.frontend=hybrid", "tracking.init_max_frames_gap=3"])
+    outcome = run_source(open_source(str(seq), cfg.source), cfg, tmp_path / "out")
+    stats = outcome.result.stats
+    kf_times = read_tum(tmp_path / "out" / "keyframes.txt").timestamps[:2]
+    gt = read_tum(seq / "groundtruth.txt")
+    assert kf_times[0] >= gt.timestamps[3] - 1e-9  # the first reference was replaced
+    assert stats["tracked"] == stats["frames"] == 30
+
+    est = read_tum(tmp_path / "out" / "trajectory.txt")
+    rows = [int(np.argmin(np.abs(gt.timestamps - t))) for t in est.timestamps]
+    aligned, _ = align_trajectory(est, Trajectory(gt.timestamps[rows], gt.T_wc[rows]))
+    err = np.linalg.norm(aligned.positions - gt.positions[rows], axis=1)
+    before = est.timestamps < kf_times[0] - 1e-9
+    later = est.timestamps > kf_times[1] + 1e-9
+    assert before.sum() >= 3
+    assert err[before].max() <= max(2.0 * np.sqrt(np.mean(err[later] ** 2)), 1e-3)

@@ -317,3 +317,37 @@ def test_the_wait_for_a_plane_ends_within_a_short_speed_history():
     assert schedule(first + 15) == (True, True)
     tracker.tcfg.speed_history_frames = first + 7
     assert schedule(first + 5) == (True, True)
+
+
+def test_a_chained_map_is_anchored_at_its_earliest_localised_frame():
+    """A new map is placed with its first keyframe where the old map's last frame was; when frames before
+    that keyframe get poses afterwards, the map moves rigidly so that the earliest of them sits there."""
+    from types import SimpleNamespace
+
+    from slam.tracking import FrameRecord
+
+    tracker, frame, point_ids = _setup(np.eye(4))
+    kf = tracker._last_kf
+    kf.frame_index = 10
+    ref = SimpleNamespace(index=10)
+    T_early_ref = _motion(2.0, (0.1, 0.0, 0.3))  # frame 5 relative to the keyframe
+    tracker.records = [FrameRecord(10, 10 / 30, tracker.map.id, kf, np.eye(4)),
+                       FrameRecord(5, 5 / 30, tracker.map.id, kf, T_early_ref)]
+    anchor = invert(_motion(30.0, (1.0, -2.0, 0.5)))  # camera-to-world of the old map's last frame
+    X = tracker.map.points[point_ids[0]].position.copy()
+    uv_before = _project(tracker.camera, kf.T_cw, X[None])
+
+    tracker._chain_anchor_T_wc = anchor.copy()
+    tracker._anchor_earliest_frame(ref, frame)
+    assert np.allclose(invert(tracker.records[1].T_cw()), anchor, atol=1e-9)
+    assert np.allclose(tracker.records[1].T_cw() @ invert(kf.T_cw), T_early_ref, atol=1e-9)  # rigid
+    X_after = tracker.map.points[point_ids[0]].position
+    assert np.allclose(_project(tracker.camera, kf.T_cw, X_after[None]), uv_before, atol=1e-6)
+    assert np.allclose(frame.T_cw, kf.T_cw)
+    assert tracker._chain_anchor_T_wc is None
+
+    tracker.records = tracker.records[:1]  # only the keyframe itself: it is already in place
+    T_kf = kf.T_cw.copy()
+    tracker._chain_anchor_T_wc = anchor.copy()
+    tracker._anchor_earliest_frame(ref, frame)
+    assert np.allclose(kf.T_cw, T_kf)
