@@ -444,7 +444,11 @@ class FlowTracker(Tracker):
         last = self._last
         kf = self._last_kf
         ok = False
-        if self.state == TRACKING and last is not None and last.T_cw is not None and kf is not None and not kf.bad:
+        # a frame just lost keeps its flow tracks: the next ones (until the loss starts a new map) still try
+        # the tracks' two-view motion, which a little more parallax often resolves
+        lost = self.state == LOST
+        if self.state in (TRACKING, LOST) and last is not None and last.T_cw is not None and kf is not None \
+                and not kf.bad:
             with self.map.lock:
                 point_ids = kf.point_ids[self._kf_idx].copy() if len(kf.point_ids) else np.full(len(self._kf_idx), -1)
             T_pred = last.T_cw if self._velocity is None else self._velocity @ last.T_cw
@@ -458,8 +462,8 @@ class FlowTracker(Tracker):
                 with self.timer.stage("two_view"):
                     if self._pose_from_keyframe_motion(frame, point_ids):
                         return self._finish_tracked(frame, mask, force_keyframe=True)
-                with self.timer.stage("rotation"):
-                    if self._rotation_from_tracks(frame, prev_pts[good], point_ids):
+                with self.timer.stage("rotation"):  # not after a lost frame: the turn since ``last`` is unknown
+                    if not lost and self._rotation_from_tracks(frame, prev_pts[good], point_ids):
                         force = self._frames_since_kf >= 3
                         return self._finish_tracked(frame, mask, force_keyframe=force, rotation_only=True)
                 with self.timer.stage("two_view"):

@@ -351,3 +351,26 @@ def test_a_chained_map_is_anchored_at_its_earliest_localised_frame():
     tracker._chain_anchor_T_wc = anchor.copy()
     tracker._anchor_earliest_frame(ref, frame)
     assert np.allclose(kf.T_cw, T_kf)
+
+
+def test_a_lost_frame_keeps_its_tracks_and_the_next_one_recovers_from_their_motion():
+    """Right after a loss (before a new map is started) the flow tracks are still carried: a frame whose
+    tracks now have the parallax the lost one lacked gets its pose from their two-view motion."""
+    from types import SimpleNamespace
+
+    from slam.tracking import LOST, TRACKING
+
+    truth = _motion(6.0, (-0.35, 0.05, 0.1))
+    tracker, frame, _ = _setup(truth)
+    tracker.state = LOST
+    tracker._last = SimpleNamespace(index=3, T_cw=np.eye(4), centre_sigma=0.0)
+    tracker._carry = lambda frame, mask, guess=None: np.ones(len(tracker._pts), bool)  # tracks land as drawn
+    finished = []
+    tracker._finish_tracked = lambda frame, mask, force_keyframe, rotation_only=False: finished.append(
+        (force_keyframe, rotation_only)) or SimpleNamespace(state=TRACKING)
+
+    assert tracker._track_frame(frame).state == TRACKING
+    assert finished == [(True, False)]  # a keyframe from the two-view motion, not a rotation
+    assert tracker.num_two_view == 1
+    c_est, c_true = invert(frame.T_cw)[:3, 3], invert(truth)[:3, 3]
+    assert np.linalg.norm(c_est - c_true) < 0.05 * np.linalg.norm(c_true)
