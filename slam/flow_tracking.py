@@ -161,6 +161,8 @@ class FlowTracker(Tracker):
         self._init_gap: list[tuple[int, float, np.ndarray, np.ndarray]] = []
         # frames before the reference (earlier references and their gaps) whose tracks it carried on
         self._before_init_ref: list[tuple[int, float, np.ndarray, np.ndarray]] = []
+        # frames lost since the last tracked one, with the flow tracks carried into them
+        self._lost_frames: list[tuple[int, float, np.ndarray, np.ndarray]] = []
 
     # ------------------------------------------------------------------------------------------- frames
     def prepare(self, fd, preprocessor) -> tuple[Frame, np.ndarray | None]:
@@ -241,7 +243,10 @@ class FlowTracker(Tracker):
         mask = getattr(frame, "mask", None)
         t = self.tcfg
         if self._init_frame is None:
-            self._start_init_reference(frame, mask)
+            lost, self._lost_frames = self._lost_frames, []
+            if lost:  # the tracks carried through the lost frames go on into the new map's reference
+                self._keep_tracks(self._carry(frame, mask))
+            self._start_init_reference(frame, mask, lost)
             return TrackResult(INITIALISING, None, 0)
         good = self._carry(frame, mask)
         self._keep_tracks(good)
@@ -263,7 +268,7 @@ class FlowTracker(Tracker):
         gap = frame.index - self._init_frame.index
         if res is None or not getattr(res, "ok", True):
             if gap >= t.init_max_frames_gap:
-                self._start_init_reference(frame, mask, carry_tracks=True)
+                self._start_init_reference(frame, mask, self._reference_history())
             return TrackResult(INITIALISING, None, len(self._pts))
         ref = self._init_frame
         # reference keyframe: its corners that survived; current: the tracked ones + new corners
@@ -280,7 +285,7 @@ class FlowTracker(Tracker):
         sub = _SubsetResult(res, rows)
         if not self._create_initial_map(ref, frame, matches, sub):
             if gap >= t.init_max_frames_gap:
-                self._start_init_reference(frame, mask, carry_tracks=True)
+                self._start_init_reference(frame, mask, self._reference_history())
             return TrackResult(INITIALISING, None, len(self._pts))
         self._init_frame = None
         self._init_gap.pop()  # the current frame: a keyframe of the new map
@@ -379,20 +384,24 @@ class FlowTracker(Tracker):
             return None
         return res.T_cw
 
-    def _start_init_reference(self, frame: Frame, mask: np.ndarray | None, carry_tracks: bool = False) -> None:
-        """Make ``frame`` the two-view reference with fresh corners.
+    def _reference_history(self) -> list[tuple[int, float, np.ndarray, np.ndarray]]:
+        """The waiting reference and the frames tracked since (not the current one), with their tracks."""
+        old = self._init_frame
+        return [(old.index, old.timestamp, self._init_pts0.copy(), self._tids.copy())] + self._init_gap[:-1]
 
-        ``carry_tracks``: ``frame`` replaces a reference that waited too long (too little parallax, an
-        ambiguous motion). Its surviving tracks carry on, so the frames tracked since the old reference
-        can be localised once a map exists (those that share enough tracks, the latest
+    def _start_init_reference(self, frame: Frame, mask: np.ndarray | None,
+                              history: list[tuple[int, float, np.ndarray, np.ndarray]] | None = None) -> None:
+        """Make ``frame`` the two-view reference, with fresh corners where no track is carried on.
+
+        ``history``: the frames tracked before ``frame`` whose tracks carry on into it, ``(index, timestamp,
+        pts, tids)`` each: those since a reference that waited too long (too little parallax, an ambiguous
+        motion) or since tracking was lost. The tracks in ``self._pts`` must then be ``frame``'s. Once a
+        map exists those frames are localised on it (those that share enough tracks, the latest
         ``_MAX_FRAMES_BEFORE_REFERENCE`` of them).
         """
         t = self.tcfg
         kept_pts, kept_tids = np.zeros((0, 2), np.float32), np.zeros(0, np.int64)
-        if carry_tracks and self._init_frame is not None and len(self._pts):
-            old = self._init_frame
-            history = [(old.index, old.timestamp, self._init_pts0.copy(), self._tids.copy())]
-            history += self._init_gap[:-1]  # the last entry is ``frame``, the new reference
+        if history and len(self._pts):
             kept_pts, kept_tids = self._pts.astype(np.float32), self._tids.copy()
             # only frames that still share enough tracks can be localised later
             self._before_init_ref = [h for h in self._before_init_ref + history
@@ -447,8 +456,9 @@ class FlowTracker(Tracker):
         # a frame just lost keeps its flow tracks: the next ones (until the loss starts a new map) still try
         # the tracks' two-view motion, which a little more parallax often resolves
         lost = self.state == LOST
-        if self.state in (TRACKING, LOST) and last is not None and last.T_cw is not None and kf is not None \
-                and not kf.bad:
+        carried = self.state in (TRACKING, LOST) and last is not None and last.T_cw is not None \
+            and kf is not None and not kf.bad
+        if carried:
             with self.map.lock:
                 point_ids = kf.point_ids[self._kf_idx].copy() if len(kf.point_ids) else np.full(len(self._kf_idx), -1)
             T_pred = last.T_cw if self._velocity is None else self._velocity @ last.T_cw
@@ -479,6 +489,10 @@ class FlowTracker(Tracker):
             self.state = LOST
             self.num_lost += 1
             self._velocity = None
+            if carried:
+                self._lost_frames.append((frame.index, frame.timestamp, self._pts.copy(), self._tids.copy()))
+            else:
+                self._lost_frames = []  # the tracks were not carried into this frame
             self._prev_gray = frame.gray
             return TrackResult(LOST, None, 0)
         return self._finish_tracked(frame, mask, force_keyframe=False)
@@ -729,6 +743,7 @@ class FlowTracker(Tracker):
     def _finish_tracked(self, frame: Frame, mask: np.ndarray | None, force_keyframe: bool,
                         rotation_only: bool = False) -> TrackResult:
         last = self._last
+        self._lost_frames = []
         self._begin_tracked(frame, last)
         new_kf = force_keyframe or self._need_flow_keyframe(frame, frame.num_matched)
         if new_kf:

@@ -374,3 +374,34 @@ def test_a_lost_frame_keeps_its_tracks_and_the_next_one_recovers_from_their_moti
     assert tracker.num_two_view == 1
     c_est, c_true = invert(frame.T_cw)[:3, 3], invert(truth)[:3, 3]
     assert np.linalg.norm(c_est - c_true) < 0.05 * np.linalg.norm(c_true)
+
+
+def test_tracks_carried_through_lost_frames_start_the_new_maps_reference():
+    """Frames lost before a new map keep their flow tracks; the new map's reference carries them on and
+    keeps those frames, so that they are localised once the map exists."""
+    from types import SimpleNamespace
+
+    from slam.map.frame import Frame
+    from slam.tracking import INITIALISING, LOST
+
+    tracker, frame, _ = _setup(np.eye(4))  # no motion: no pose from the tracks
+    tracker.state = LOST
+    tracker._last = SimpleNamespace(index=3, T_cw=np.eye(4), centre_sigma=0.0, point_ids=np.zeros(0, np.int64),
+                                    features=binary_features(np.zeros((0, 2))))
+    tracker._carry = lambda frame, mask, guess=None: np.ones(len(tracker._pts), bool)
+    tracker._descriptor_fallback = lambda frame, mask: False
+    tids = tracker._tids.copy()
+    assert tracker.track(frame).state == LOST
+    assert [(i, len(p)) for i, _, p, _ in tracker._lost_frames] == [(frame.index, len(tids))]
+
+    tracker._reset("test")
+    assert tracker.state == INITIALISING
+    image = np.random.default_rng(0).integers(0, 255, (480, 640), np.uint8)
+    nxt = Frame(index=frame.index + 1, timestamp=0.2, gray=image, features=binary_features(np.zeros((0, 2))),
+                kp_undist=np.zeros((0, 2)), inv_sigma2=np.zeros(0), colors=np.zeros((0, 3), np.uint8),
+                image=np.dstack([image] * 3))
+    tracker._initialise(nxt)
+    assert tracker._init_frame is nxt
+    assert np.array_equal(tracker._tids[:len(tids)], tids)  # the lost frame's tracks carry on
+    assert [h[0] for h in tracker._before_init_ref] == [frame.index]
+    assert tracker._lost_frames == []
