@@ -289,66 +289,50 @@ class FlowTracker(Tracker):
             return TrackResult(INITIALISING, None, len(self._pts))
         self._init_frame = None
         self._init_gap.pop()  # the current frame: a keyframe of the new map
-        self._localise_init_gap(ref)
-        self._localise_before_reference(ref)
+        self._localise_waiting_frames(ref)
         self._anchor_earliest_frame(ref, frame)
         self._reset_tracks_from_keyframe(frame)
         return TrackResult(TRACKING, frame.T_cw, frame.num_matched, new_keyframe=True, map_created=True)
 
-    def _initial_map_tracks(self, ref: Frame) -> tuple[KeyFrame, KeyFrame, np.ndarray, np.ndarray] | None:
-        """The new map's two keyframes, its points ``(M, 3)`` and their track ids ``(M,)``; None without a map."""
-        kf1 = self._last_kf
-        with self.map.lock:
-            kf0 = next((k for k in self.map.keyframes.values() if k.frame_index == ref.index), None)
-            if kf0 is None or kf1 is None:
-                return None
-            rows = np.flatnonzero(kf1.point_ids >= 0)
-            map_X = self._point_positions(kf1.point_ids[rows])
-            in_map = np.isfinite(map_X).all(axis=1)
-            return kf0, kf1, map_X[in_map], kf1.track_ids[rows[in_map]]
+    def _localise_waiting_frames(self, ref: Frame) -> None:
+        """Give poses, now that there is a map, to the frames tracked while it waited to be initialised.
 
-    def _localise_init_gap(self, ref: Frame) -> None:
-        """Give the frames between the two initial keyframes their poses, now that there is a map.
-
-        Each such frame carried the same flow tracks; those that became map points give a motion-only BA
-        (g2o, Huber) started from the pose interpolated between the two keyframes. A frame that does not
-        fit the map (too few inliers) stays without a pose, as before.
+        Each such frame carried flow tracks that became map points; they give it a motion-only BA (g2o,
+        Huber). The frames between the two initial keyframes start from the pose interpolated between
+        them; the frames before the reference (earlier references, lost frames) go back in time from the
+        reference keyframe, each starting from the pose found for the frame after it. A frame that does
+        not fit the map (too few inliers) stays without a pose.
         """
         from slam.geometry.se3 import interpolate_pose
 
         gap, self._init_gap = self._init_gap, []
-        found = self._initial_map_tracks(ref) if gap else None
-        if found is None:
-            return
-        kf0, kf1, map_X, map_tids = found
-        T0, T1 = kf0.T_cw.copy(), kf1.T_cw.copy()
+        before, self._before_init_ref = self._before_init_ref, []
+        kf1 = self._last_kf
+        with self.map.lock:
+            kf0 = next((k for k in self.map.keyframes.values() if k.frame_index == ref.index), None)
+            if kf0 is None or kf1 is None or not (gap or before):
+                return
+            rows = np.flatnonzero(kf1.point_ids >= 0)
+            map_X = self._point_positions(kf1.point_ids[rows])
+            in_map = np.isfinite(map_X).all(axis=1)
+            map_X, map_tids = map_X[in_map], kf1.track_ids[rows[in_map]]
+            T0, T1 = kf0.T_cw.copy(), kf1.T_cw.copy()
+
+        def localise(index: int, timestamp: float, pts: np.ndarray, tids: np.ndarray,
+                     T_guess: np.ndarray) -> np.ndarray | None:
+            T_cw = self._fit_tracks_to_map(pts, tids, map_X, map_tids, T_guess)
+            if T_cw is not None:
+                self.records.append(FrameRecord(index, timestamp, self.map.id, kf0, T_cw @ invert(T0)))
+                self.num_init_gap += 1
+            return T_cw
+
         span = max(kf1.frame_index - kf0.frame_index, 1)
         for index, timestamp, pts, tids in gap:
-            T_guess = interpolate_pose(T0, T1, (index - kf0.frame_index) / span)
-            T_cw = self._fit_tracks_to_map(pts, tids, map_X, map_tids, T_guess)
-            if T_cw is not None:
-                self.records.append(FrameRecord(index, timestamp, self.map.id, kf0, T_cw @ invert(T0)))
-                self.num_init_gap += 1
-
-    def _localise_before_reference(self, ref: Frame) -> None:
-        """Give poses to the frames before the initialisation reference whose tracks reached the new map.
-
-        Going back in time from the reference keyframe, each frame gets a motion-only BA (g2o, Huber) on
-        its tracks that became map points, started from the pose found for the frame after it. A frame
-        that does not fit the map keeps no pose.
-        """
-        before, self._before_init_ref = self._before_init_ref, []
-        found = self._initial_map_tracks(ref) if before else None
-        if found is None:
-            return
-        kf0, _, map_X, map_tids = found
-        T0 = T_guess = kf0.T_cw.copy()
+            localise(index, timestamp, pts, tids, interpolate_pose(T0, T1, (index - kf0.frame_index) / span))
+        T_guess = T0
         for index, timestamp, pts, tids in reversed(before):
-            T_cw = self._fit_tracks_to_map(pts, tids, map_X, map_tids, T_guess)
-            if T_cw is not None:
-                T_guess = T_cw
-                self.records.append(FrameRecord(index, timestamp, self.map.id, kf0, T_cw @ invert(T0)))
-                self.num_init_gap += 1
+            T_cw = localise(index, timestamp, pts, tids, T_guess)
+            T_guess = T_guess if T_cw is None else T_cw
 
     def _anchor_earliest_frame(self, ref: Frame, cur: Frame) -> None:
         """A new map chained to the old one sits with its first keyframe where the old map's last frame was.
