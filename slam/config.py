@@ -111,13 +111,14 @@ class TrackingConfig:
     # threshold and every observation's sigma (pose, triangulation, fusion, BA) by it, up to this factor;
     # 1 keeps the fixed 1 px model
     flow_noise_max_scale: float = 3.0
-    # after a scale guess (no map point spans a turn), once this many frames have moved on, the part since
-    # the guess is rescaled when its speed and the cruising speed before differ by more than the ratio
+    # after a scale guess (a new map chained to a lost one: no map point spans the gap), once this many
+    # frames have moved on, the new map is rescaled when its speed and the cruising speed before differ by
+    # more than the ratio
     # (0 frames: never); a camera's pace itself varies (rooms: the cruising speeds before and after a turn
     # differ by up to 1.25x), so only a larger disagreement counts as a wrong guess
     guess_check_frames: int = 15
     guess_check_ratio: float = 1.4
-    # a plane seen before and after the guess measures the factor (the speed is only a prior): without one
+    # a plane seen in both maps measures the factor (the speed is only a prior): without one
     # at the check, look again every 5 frames for up to this many more frames before using the speed
     guess_plane_wait_frames: int = 15
     # the cruising speed (the scale check above, a new map after a loss) is the upper quartile of the

@@ -22,7 +22,6 @@ from slam.features.masks import usable_at
 from slam.features.photometric import normalize_luminance, to_gray
 from slam.geometry.se3 import invert
 from slam.map.frame import Frame
-from slam.map.map import KeyFrame
 from slam.tracking import INITIALISING, LOST, TRACKING, FrameRecord, TrackResult, Tracker
 
 log = logging.getLogger(__name__)
@@ -155,8 +154,8 @@ class FlowTracker(Tracker):
         self.num_fallbacks = 0
         self.num_two_view = 0
         self.num_init_gap = 0
-        # frames whose two-view scale came from the scene depth alone (no map point seen on both sides)
-        self.scale_guess_frames: list[int] = []
+        # the last two-view motion tried resolved a translation that no map point scales
+        self._unscaled_motion = False
         # frames between the initialisation reference and the current frame: (index, timestamp, pts, tids)
         self._init_gap: list[tuple[int, float, np.ndarray, np.ndarray]] = []
         # frames before the reference (earlier references and their gaps) whose tracks it carried on
@@ -456,14 +455,18 @@ class FlowTracker(Tracker):
                 with self.timer.stage("two_view"):
                     if self._pose_from_keyframe_motion(frame, point_ids):
                         return self._finish_tracked(frame, mask, force_keyframe=True)
-                with self.timer.stage("rotation"):  # not after a lost frame: the turn since ``last`` is unknown
-                    if not lost and self._rotation_from_tracks(frame, prev_pts[good], point_ids):
+                # not after a lost frame (the turn since ``last`` is unknown), nor where the tracks resolved a
+                # translation that no map point scales (a rotation would freeze the moving camera's centre)
+                with self.timer.stage("rotation"):
+                    if not lost and not self._unscaled_motion \
+                            and self._rotation_from_tracks(frame, prev_pts[good], point_ids):
                         force = self._frames_since_kf >= 3
                         return self._finish_tracked(frame, mask, force_keyframe=force, rotation_only=True)
                 with self.timer.stage("two_view"):
                     # the tracks are no longer explained by a rotation: the camera moves, so a shorter
                     # baseline is better than losing the view (and starting a map at another scale)
-                    if self._pose_from_keyframe_motion(frame, point_ids, 0.5 * self.cfg.mapping.min_parallax_deg):
+                    if not self._unscaled_motion and self._pose_from_keyframe_motion(
+                            frame, point_ids, 0.5 * self.cfg.mapping.min_parallax_deg):
                         return self._finish_tracked(frame, mask, force_keyframe=True)
         if not ok and (self.hybrid or self.state != TRACKING):
             ok = self._descriptor_fallback(frame, mask)
@@ -544,14 +547,14 @@ class FlowTracker(Tracker):
         After a fast turn into unmapped space too few tracks hold map points for a pose, while the flow
         tracks themselves live on. Once they have parallax, the motion from the oldest keyframe that
         still shares enough of them follows from the essential matrix (or homography) of the tracks; its
-        scale from the map points still tracked, else from that keyframe's scene depth. The frame then
+        scale from the map points still tracked (without them, no pose: see below). The frame then
         becomes a keyframe, so the mapper triangulates the new view from a real baseline (a keyframe
         kept at the old centre, as rotation-only tracking does, never gives one). ``min_parallax_deg``
         (default ``mapping.min_parallax_deg``) is lowered once a rotation no longer explains the tracks.
         """
-        from slam.geometry.triangulation import camera_center
         from slam.geometry.two_view import initialize_two_view
 
+        self._unscaled_motion = False
         t = self.tcfg
         min_shared = max(t.init_min_points, 30)
         with self.map.lock:
@@ -586,9 +589,17 @@ class FlowTracker(Tracker):
         depth_unit = np.asarray(res.points_1)[:, 2]
         with self.map.lock:
             T_kf = anchor.T_cw.copy()
-        scale, from_points = self._two_view_scale(T_kf, point_ids[rows_now], depth_unit, valid, anchor)
+        scale = self._two_view_scale(T_kf, point_ids[rows_now], depth_unit, valid)
         if scale is None:
-            log.debug("frame %d: two-view motion from keyframe %d has no scale", frame.index, anchor.id)
+            # no map point spans the motion (a turn past the field of view): its scale would be a guess,
+            # and its rotation, from tracks the keyframe shares only in a strip of the view, was 1.2
+            # degrees off in room seed 13, where the map built on it then turned 0.5-1 degree a frame away
+            # from the truth (9.7% of path). The frame is lost instead; the new map that follows is made
+            # from the tracks over the whole view, and its scale is checked like a guess (see
+            # ``Tracker._chain_to_previous_map``)
+            log.debug("frame %d: two-view motion from keyframe %d shares no map point: no scale", frame.index,
+                      anchor.id)
+            self._unscaled_motion = True
             return False
         T_21 = np.array(res.T_21, np.float64)
         T_21[:3, 3] *= scale
@@ -601,12 +612,6 @@ class FlowTracker(Tracker):
         self._set_keypoints(frame, self._flow_features(self._pts), self._tids)
         frame.point_ids = self._consistent_point_ids(frame, ids)
         self.num_two_view += 1
-        if not from_points:
-            self.scale_guess_frames.append(int(frame.index))
-            self._guessed_scale_from(frame.index, camera_center(T_kf))
-            log.warning("frame %d: no map point is seen both before and after this motion; the new view's "
-                        "scale is taken from the scene depth at keyframe %d, so the map's scale may jump here",
-                        frame.index, anchor.id)
         log.debug("frame %d: pose from two-view motion of %d tracks since keyframe %d (scale %.3g)",
                   frame.index, int(valid.sum()), anchor.id, scale)
         return True
@@ -624,28 +629,18 @@ class FlowTracker(Tracker):
         return self._explained_by_rotation(b1, b2, inl)
 
     def _two_view_scale(self, T_kf: np.ndarray, point_ids: np.ndarray, depth_unit: np.ndarray,
-                        valid: np.ndarray, anchor: KeyFrame) -> tuple[float | None, bool]:
-        """Map units per two-view unit, and whether map points gave it.
-
-        The scale comes from map points among the valid tracks; without five of them it is unobservable,
-        and the anchor's median scene depth (or the recent one) stands in for the new view's: a guess.
-        """
+                        valid: np.ndarray) -> float | None:
+        """Map units per two-view unit, from the map points among the valid tracks (``point_ids``, ``-1``
+        for none; ``depth_unit``: their two-view depths in the keyframe ``T_kf``), or None without five of
+        them: the scale is then unobservable."""
         rows = np.flatnonzero(valid & (point_ids >= 0))
-        if len(rows) >= 5:
-            z_map = self._point_positions(point_ids[rows]) @ T_kf[2, :3] + T_kf[2, 3]  # NaN where gone
-            z_unit = depth_unit[rows]
+        if len(rows) < 5:
+            return None
+        z_map = self._point_positions(point_ids[rows]) @ T_kf[2, :3] + T_kf[2, 3]  # NaN where gone
+        z_unit = depth_unit[rows]
+        with np.errstate(invalid="ignore"):
             ok = (z_map > 0) & (z_unit > 0)
-            if np.count_nonzero(ok) >= 5:
-                return float(np.median(z_map[ok] / z_unit[ok])), True
-        with self.map.lock:
-            pts = self.map.points_of([anchor])
-            X = np.array([p.position for p in pts]) if pts else np.zeros((0, 3))
-        z = X @ T_kf[2, :3] + T_kf[2, 3] if len(X) else np.zeros(0)
-        z = z[z > 0]
-        d_map = float(np.median(z)) if len(z) >= 10 else self._recent_depth
-        if d_map is None or not np.any(valid):
-            return None, False
-        return float(d_map / np.median(depth_unit[valid])), False
+        return float(np.median(z_map[ok] / z_unit[ok])) if np.count_nonzero(ok) >= 5 else None
 
     def _consistent_point_ids(self, frame: Frame, ids: np.ndarray) -> np.ndarray:
         """``ids (N,)`` with -1 where the map point does not reproject within 3 px of its track."""

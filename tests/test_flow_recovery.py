@@ -78,17 +78,16 @@ def test_pose_from_two_view_motion_of_the_tracks_is_metric_in_the_map():
     assert len(frame.point_ids) == len(tracker._pts) and frame.num_matched >= N_MAPPED - 2
 
 
-def test_two_view_scale_without_shared_map_points_is_reported_as_a_guess():
-    """No tracked map point spans the motion: the scale comes from the keyframe's scene depth, flagged."""
+def test_two_view_motion_without_shared_map_points_gives_no_pose():
+    """No tracked map point spans the motion (a turn into an unmapped view): its scale would be a guess, so
+    the frame gets no pose and keeps its tracks (a new map made from them follows)."""
     truth = _motion(6.0, (-0.35, 0.05, 0.1))
     tracker, frame, point_ids = _setup(truth)
-    point_ids[:] = -1  # the tracks lost their map points (a turn into an unmapped view)
-    assert tracker._pose_from_keyframe_motion(frame, point_ids)
-    assert tracker.scale_guess_frames == [frame.index]
-    c_est, c_true = invert(frame.T_cw)[:3, 3], invert(truth)[:3, 3]
-    cos = c_est @ c_true / (np.linalg.norm(c_est) * np.linalg.norm(c_true))
-    assert cos > 0.99  # the direction is observed; only the length is a guess
-    assert 0.5 < np.linalg.norm(c_est) / np.linalg.norm(c_true) < 2.0
+    point_ids[:] = -1  # the tracks lost their map points
+    n = len(tracker._pts)
+    assert not tracker._pose_from_keyframe_motion(frame, point_ids)
+    assert frame.T_cw is None and tracker.num_two_view == 0
+    assert len(tracker._pts) == n
 
 
 def test_speed_prior_is_the_cruising_pace_not_the_pace_of_the_stop():
@@ -189,25 +188,24 @@ def _keyframe_at(the_map, frame_index: int, T_cw: np.ndarray, n: int = 4) -> Key
     return kf
 
 
-def test_guessed_part_of_the_map_is_rescaled_to_the_speed_before_the_guess():
-    """After a guess, the camera moves twice as fast (in map units) as it cruised before: the part made
-    since the guess (keyframes, points, recorded frames, the frame, the motion model) is scaled by 1/2
-    about the last centre of known scale; what came before stays."""
+def test_a_chained_map_is_rescaled_to_the_speed_before_the_loss():
+    """After the chain, the camera moves twice as fast (in map units) as it cruised before the loss, and no
+    plane is shared: the new map (keyframes, points, recorded frames, the frame, the motion model) is
+    scaled by 1/2 about the lost map's last camera centre."""
     from slam.tracking import FrameRecord
 
     tracker, frame, _ = _setup(np.eye(4))
     the_map = tracker.map
-    old_kf = next(iter(the_map.keyframes.values()))  # frame 0, at the origin: the pivot
-    old_pt = the_map.create_point(np.array([0.0, 0.0, 5.0]), old_kf.features.descriptors[0], old_kf, 0)
+    the_map.keyframes.clear()
+    the_map.points.clear()
     tracker._speed_samples = [0.02] * 10
-    tracker._guessed_scale_from(3, old_kf.center)
+    tracker._guessed_scale_from(3, np.zeros(3), np.zeros((0, 3)))  # pivot: the origin
     T_new = np.eye(4)
     T_new[:3, :3] = so3_exp(np.radians(40.0) * np.array([0.0, 1.0, 0.0]))
     T_new[:3, 3] = -T_new[:3, :3] @ np.array([0.4, 0.0, 0.2])  # centre (0.4, 0, 0.2)
     new_kf = _keyframe_at(the_map, 3, T_new)
     new_pt = the_map.create_point(np.array([1.0, 0.5, 6.0]), new_kf.features.descriptors[0], new_kf, 0)
-    old_kf_pt_ids = old_kf.point_ids.copy()
-    bearing = new_pt.position / np.linalg.norm(new_pt.position)  # from the pivot (the origin)
+    bearing = new_pt.position / np.linalg.norm(new_pt.position)  # from the pivot
     rec = FrameRecord(4, 4 / 30, the_map.id, new_kf, np.eye(4))
     rec.T_c_ref[:3, 3] = [0.0, 0.0, -0.08]
     tracker.records.append(rec)
@@ -223,9 +221,6 @@ def test_guessed_part_of_the_map_is_rescaled_to_the_speed_before_the_guess():
     np.testing.assert_allclose(new_kf.T_cw[:3, :3], T_new[:3, :3])
     np.testing.assert_allclose(new_pt.position, [0.5, 0.25, 3.0], atol=1e-12)
     np.testing.assert_allclose(new_pt.position / np.linalg.norm(new_pt.position), bearing, atol=1e-12)
-    np.testing.assert_allclose(old_kf.T_cw, np.eye(4))  # the part before the guess stays
-    np.testing.assert_allclose(old_pt.position, [0.0, 0.0, 5.0])
-    np.testing.assert_array_equal(old_kf.point_ids, old_kf_pt_ids)
     np.testing.assert_allclose(rec.T_c_ref[:3, 3], [0.0, 0.0, -0.04])
     np.testing.assert_allclose(invert(frame.T_cw)[:3, 3], [0.24, 0.0, 0.1], atol=1e-12)
     np.testing.assert_allclose(tracker._velocity[:3, 3], [0.0, 0.0, -0.02])
@@ -235,7 +230,7 @@ def test_guessed_scale_that_agrees_with_the_speed_before_is_left_alone():
     tracker, frame, _ = _setup(np.eye(4))
     kf = next(iter(tracker.map.keyframes.values()))
     tracker._speed_samples = [0.02] * 10
-    tracker._guessed_scale_from(0, np.array([0.0, 0.0, -1.0]))
+    tracker._guessed_scale_from(0, np.array([0.0, 0.0, -1.0]), np.zeros((0, 3)))
     frame.T_cw = np.eye(4)
     tracker._speed_samples = [0.022] * tracker.tcfg.guess_check_frames  # within tracking.guess_check_ratio
     tracker._check_guessed_scale(frame)
@@ -244,27 +239,34 @@ def test_guessed_scale_that_agrees_with_the_speed_before_is_left_alone():
     np.testing.assert_allclose(frame.T_cw, np.eye(4))
 
 
-def test_a_plane_seen_before_and_after_the_guess_sets_its_scale_over_the_speed():
-    """The floor was mapped before the guess and is mapped again after it, 1.6x too far from the pivot:
-    the part since the guess is scaled by 1 / 1.6, although the speeds agree."""
+def test_a_chained_maps_scale_is_checked_against_a_plane_of_the_lost_map():
+    """A new map placed where the lost one ended takes its scale from the scene depth seen last (here 2x
+    what the speed before the loss gives); the floor, mapped in the lost map and again in the new one,
+    then 3.2x too far from the pivot, corrects it."""
     tracker, frame, _ = _setup(np.eye(4))
     the_map = tracker.map
-    kf = next(iter(the_map.keyframes.values()))
-    rng = np.random.default_rng(5)
+    kf0 = next(iter(the_map.keyframes.values()))
+    rng = np.random.default_rng(6)
 
     def floor(n):
         return np.c_[rng.uniform(-3, 3, n), np.full(n, 1.5), rng.uniform(1, 6, n)]  # y down: 1.5 below
 
-    for X in floor(300):
-        the_map.create_point(X, kf.features.descriptors[0], kf, 0)
+    tracker._previous_map_points = floor(300)
+    the_map.points.clear()
+    new_pts = [the_map.create_point(1.6 * X, kf0.features.descriptors[0], kf0, 0) for X in floor(200)]
+    T1 = np.eye(4)
+    T1[0, 3] = -0.04  # centre (0.04, 0, 0) two frames on: 0.02 a frame, the speed before the loss
+    kf1 = _keyframe_at(the_map, 2, T1)
     tracker._speed_samples = [0.02] * 10
-    pivot = np.zeros(3)
-    tracker._guessed_scale_from(3, pivot)
-    new_pts = [the_map.create_point(1.6 * X, kf.features.descriptors[0], kf, 0) for X in floor(200)]
+    tracker._last_good_T_wc = np.eye(4)
+    tracker._last_good_depth = 2.0  # the new map's median depth is 1
+    tracker._chain_to_previous_map(kf0, kf1)
+    assert tracker.scale_guess_frames == [0] and tracker._scale_check is not None
+    np.testing.assert_allclose(kf1.center, [0.08, 0.0, 0.0], atol=1e-12)  # the depth prior, not the speed
     frame.T_cw = np.eye(4)
     tracker._speed_samples = [0.02] * tracker.tcfg.guess_check_frames  # the speed alone would leave it
     tracker._check_guessed_scale(frame)
-    assert tracker.num_scale_corrections == 1
+    assert tracker.num_scale_corrections == 1 and tracker._scale_check is None
     heights = np.array([p.position[1] for p in new_pts])
     np.testing.assert_allclose(heights, 1.5, rtol=0.01)
 
@@ -274,7 +276,7 @@ def test_without_a_plane_the_speed_check_waits_for_one_before_using_the_speed():
     the floor yet), and only the last try falls back to the speed."""
     tracker, frame, _ = _setup(np.eye(4))
     tracker._speed_samples = [0.02] * 10
-    tracker._guessed_scale_from(3, np.zeros(3))
+    tracker._guessed_scale_from(3, np.zeros(3), np.zeros((0, 3)))
     frame.T_cw = np.eye(4)
     tracker._speed_samples = [0.04] * tracker.tcfg.guess_check_frames
     tracker._check_guessed_scale(frame, last_try=False)
@@ -304,7 +306,7 @@ def test_the_wait_for_a_plane_ends_within_a_short_speed_history():
     soon as the capped speed history stops growing (here 7 samples past the first check: at 5)."""
     tracker, _, _ = _setup(np.eye(4))
     tracker._speed_samples = [0.02] * 10
-    tracker._guessed_scale_from(3, np.zeros(3))
+    tracker._guessed_scale_from(3, np.zeros(3), np.zeros((0, 3)))
     first = tracker.tcfg.guess_check_frames
 
     def schedule(n):
