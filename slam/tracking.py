@@ -223,7 +223,6 @@ class Tracker:
             the_map.update_points_descriptors(pts)
             cur.T_cw = kf1.T_cw.copy()
             cur.point_ids = kf1.point_ids.copy()
-        self._scale_check = None  # a guess pending in the old map is settled by the chain
         if self._last_good_T_wc is not None:
             self._chain_to_previous_map(kf0, kf1)
             cur.T_cw = kf1.T_cw.copy()
@@ -714,7 +713,8 @@ class Tracker:
         """The scale of the current map, chained to a lost one from source frame ``from_frame`` on, is a
         prior (no map point links the two); ``pivot (3,)``: the lost map's last camera centre, ``before
         (N, 3)``: its world points. Once the camera has moved on for a while, :meth:`_check_guessed_scale`
-        measures the scale against a plane in both maps, else against the cruising speed before."""
+        measures the scale against a plane in both maps, else against the cruising speed before (where a
+        check is still pending from an earlier chain, its cruising speed, measured at a known scale)."""
         cruise = self._recent_speed()
         self._scale_check = None
         if cruise is not None:
