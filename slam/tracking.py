@@ -765,10 +765,15 @@ class Tracker:
             if abs(np.log(f)) <= np.log(self.tcfg.guess_check_ratio):
                 return
         self.mapper.wait_idle()
-        ids, moved = self.map.rescale_part(from_frame, 0, pivot, f)
+        about_pivot = np.eye(4)
+        about_pivot[:3, 3] = (1.0 - f) * pivot  # x -> pivot + f (x - pivot)
+        self.map.transform(about_pivot, f)
+        with self.map.lock:
+            moved = list(self.map.points.values())
+            num_kfs = len(self.map.keyframes)
         self.map.update_points_geometry(moved, self.extractor_scale_factor(), self.max_levels)
         for r in self.records:
-            if r.map_id == self.map.id and r.ref_kf.id in ids:
+            if r.map_id == self.map.id:
                 r.T_c_ref = r.T_c_ref.copy()
                 r.T_c_ref[:3, 3] *= f
         c = camera_center(frame.T_cw)
@@ -782,7 +787,7 @@ class Tracker:
             self._recent_depth *= f
         self.num_scale_corrections += 1
         log.info("frame %d: the map since frame %d was scaled by %.3f (%d keyframes, %d points)", frame.index,
-                 from_frame, f, len(ids), len(moved))
+                 from_frame, f, num_kfs, len(moved))
 
     def _shared_plane_factor(self, pivot: np.ndarray, before: np.ndarray) -> float | None:
         """The scale factor of the current map from a plane it shares with the lost map's points ``before

@@ -384,37 +384,6 @@ class Map:
         with self.lock:
             return [self.keyframes[k] for k in sorted(self.keyframes)]
 
-    @property
-    def next_point_id(self) -> int:
-        """The id the next map point will get (ids only grow)."""
-        with self.lock:
-            return self._next_point_id
-
-    def rescale_part(self, from_frame: int, from_point: int, pivot: np.ndarray, scale: float
-                     ) -> tuple[set[int], list[MapPoint]]:
-        """Scale the part of the map made since a guess about the world point ``pivot (3,)``: the keyframes
-        of source frames ``>= from_frame`` (culled ones too) and the points with ids ``>= from_point``. Used
-        when that part's scale was a guess and a better one turned up; orientations stay. A point made with
-        an older keyframe at ``pivot`` keeps its bearing from there.
-
-        Returns the ids of the moved keyframes and the moved points (callers refresh the points' geometry).
-        """
-        pivot = np.asarray(pivot, np.float64)
-        with self.lock:
-            kfs = [k for k in list(self.keyframes.values()) + self.culled_keyframes if k.frame_index >= from_frame]
-            ids = {k.id for k in kfs}
-            for kf in kfs:
-                c = kf.center
-                kf.T_cw = kf.T_cw.copy()
-                kf.T_cw[:3, 3] = -kf.T_cw[:3, :3] @ (pivot + scale * (c - pivot))
-                if kf.T_c_parent is not None and kf.parent is not None and kf.parent.id in ids:
-                    kf.T_c_parent = kf.T_c_parent.copy()
-                    kf.T_c_parent[:3, 3] *= scale
-            moved = [p for i, p in self.points.items() if i >= from_point]
-            for p in moved:
-                p.position = pivot + scale * (p.position - pivot)
-        return ids, moved
-
     def transform(self, T_new_old: np.ndarray, scale: float = 1.0) -> None:
         """Apply a similarity ``x_new = scale * R x_old + t`` to every pose and point (used when chaining maps)."""
         with self.lock:
